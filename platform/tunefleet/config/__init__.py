@@ -1,0 +1,50 @@
+"""Typed, frozen configs from YAML plus dotted overrides. Imports neither torch nor ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from tunefleet.config.loader import ConfigError, apply_overrides, build, parse_yaml, read_yaml_file, to_dict
+from tunefleet.config.schema import (
+    ALGORITHM_CONFIGS,
+    AlgorithmConfig,
+    CheckpointConfig,
+    Config,
+    DataConfig,
+    EvalConfig,
+    LoraConfig,
+    ModelConfig,
+    RunSection,
+    SftConfig,
+    TrackingConfig,
+    TrainerConfig,
+)
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
+    """Load a YAML file (or nothing), apply `a.b=c` overrides, and validate everything.
+
+    Raises ConfigError naming the dotted field, the bad value and what is allowed.
+    """
+    data = read_yaml_file(path) if path is not None else {}
+    return config_from_dict(apply_overrides(data, overrides))
+
+
+def config_from_dict(data: dict) -> Config:
+    """Validate a plain nested dict into a Config."""
+    return build(Config, data)
+
+
+def dump_yaml(cfg: Config) -> str:
+    """The resolved config as YAML (logged as an MLflow artifact, reloadable as is)."""
+    import yaml
+
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+__all__ = [
+    "ALGORITHM_CONFIGS", "AlgorithmConfig", "CheckpointConfig", "Config", "ConfigError", "DataConfig",
+    "EvalConfig", "LoraConfig", "ModelConfig", "RunSection", "SftConfig", "TrackingConfig", "TrainerConfig",
+    "config_from_dict", "dump_yaml", "load_config", "parse_yaml", "to_dict",
+]

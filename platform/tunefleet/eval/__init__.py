@@ -1,0 +1,1 @@
+"""Evaluation: task accuracy with greedy decoding."""

@@ -1,0 +1,1 @@
+"""Drivers: what runs on the driver process for each job kind."""

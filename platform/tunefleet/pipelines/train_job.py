@@ -1,0 +1,123 @@
+"""The driver of a training job: data, tracking, evaluation around one Ray Train fit.
+
+Only this process talks to MLflow for run-level records (params, datasets, artifacts,
+evaluation); rank 0 adds step metrics into the same run by its explicit id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunefleet.config import Config, dump_yaml, to_dict
+
+
+@dataclass
+class JobResult:
+    run_id: str | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    artifacts: list[str] = field(default_factory=list)
+    checkpoint: str | None = None
+
+    def summary_line(self) -> str:
+        return json.dumps({"run_id": self.run_id, "metrics": self.metrics, "artifacts": self.artifacts})
+
+
+def run_name(cfg: Config) -> str:
+    """The run's identity: rerunning with the same `run.name` resumes it."""
+    return cfg.run.name or f"{cfg.algorithm.type}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+
+
+def storage_path(cfg: Config) -> str:
+    from tunefleet.paths import tunefleet_home
+
+    return cfg.run.storage or str(tunefleet_home() / "runs")
+
+
+class _NoTracker:
+    """Stands in when tracking.enabled is false, so the driver code has no branches."""
+
+    run_id = None
+    uri = None
+
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+    def list_artifacts(self):
+        return []
+
+
+def _start_tracker(cfg: Config, name: str):
+    if not cfg.tracking.enabled:
+        return _NoTracker()
+    from tunefleet.tracking import Tracker, flatten_dict
+
+    tags = {"tunefleet.run_name": name, "tunefleet.algorithm": cfg.algorithm.type, "tunefleet.model": cfg.model.name}
+    tracker = Tracker.start(cfg.tracking.uri, cfg.tracking.experiment, name, tags=tags,
+                            resume_tag=("tunefleet.run_name", name))
+    tracker.log_params(flatten_dict(to_dict(cfg)))
+    tracker.log_text(dump_yaml(cfg), "config.yaml")
+    return tracker
+
+
+def _evaluate(cfg: Config, model_dir: str, export_dir: str | None, tokenizer, problems, label: str, tracker,
+              step: int):
+    from tunefleet.data import get_task
+    from tunefleet.eval.exact_match import load_trained, task_accuracy
+
+    model = load_trained(model_dir, export_dir, cfg.model.lora is not None, cfg.model.dtype)
+    res = task_accuracy(model, tokenizer, get_task(cfg.data.task), problems, cfg.eval.max_new_tokens,
+                        cfg.eval.batch_size, label=label)
+    print(f"[{label}] exact-match accuracy {res.accuracy:.3f} ({res.correct}/{res.total})", flush=True)
+    tracker.log_metrics({f"eval/accuracy_{label}": res.accuracy}, step=step)
+    tracker.log_dict({"accuracy": res.accuracy, "samples": res.samples}, f"eval/{label}.json")
+    return res.accuracy
+
+
+def run_train_job(cfg: Config, ship_package: bool = False) -> JobResult:
+    """Prepare data, start tracking, evaluate the base model, fit, evaluate, log, return."""
+    import ray
+
+    from tunefleet.cluster import init_ray
+    from tunefleet.data.prepare import prepare_sft
+    from tunefleet.models.registry import load_tokenizer, resolve_model
+    from tunefleet.train.trainer import build_trainer
+
+    init_ray(ship_package=ship_package)
+    model_dir = str(resolve_model(cfg.model.name))
+    tokenizer = load_tokenizer(model_dir)
+    data = prepare_sft(cfg.data, tokenizer)
+    name = run_name(cfg)
+    tracker = _start_tracker(cfg, name)
+    for ds_name, info in data.info.items():
+        tracker.log_dataset(ds_name, info["digest"], info["rows"], info["source"])
+    if data.bad_rows:
+        tracker.log_text("\n".join(str(b) for b in data.bad_rows), "data/bad_rows.txt")
+        tracker.log_metrics({"data/bad_rows": len(data.bad_rows)}, step=0)
+    metrics: dict[str, float] = {}
+    evaluate = bool(data.eval_problems)
+    if evaluate and cfg.eval.before:
+        metrics["eval/accuracy_before"] = _evaluate(cfg, model_dir, None, tokenizer, data.eval_problems, "before",
+                                                    tracker, 0)
+    loop_config = {"config": to_dict(cfg), "model_dir": model_dir, "data_ref": ray.put(data.rows),
+                   "pad_id": tokenizer.pad_token_id, "tracking_uri": tracker.uri, "run_id": tracker.run_id}
+    print(f"[driver] run {name}: {len(data.rows)} training rows, {cfg.trainer.num_workers} worker(s), "
+          f"{cfg.trainer.max_steps} steps; storage {storage_path(cfg)}/{name}", flush=True)
+    try:
+        result = build_trainer(cfg, loop_config, name, storage_path(cfg)).fit()
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    ckpt_path = result.checkpoint.path if result.checkpoint else None
+    metrics.update({k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))})
+    export_dir = str(Path(ckpt_path) / "export") if ckpt_path and (Path(ckpt_path) / "export").is_dir() else None
+    if evaluate and cfg.eval.after and export_dir:
+        metrics["eval/accuracy_after"] = _evaluate(cfg, model_dir, export_dir, tokenizer, data.eval_problems,
+                                                   "after", tracker, cfg.trainer.max_steps)
+    if export_dir:
+        tracker.log_artifact(export_dir, "adapter" if cfg.model.lora is not None else "model")
+    tracker.finish("FINISHED")
+    return JobResult(tracker.run_id, metrics, tracker.list_artifacts(), ckpt_path)

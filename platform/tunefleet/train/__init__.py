@@ -1,0 +1,1 @@
+"""The one training loop and the Ray Train plumbing around it."""

@@ -1,0 +1,35 @@
+"""Driver side: build the Ray Train TorchTrainer for a config and run it."""
+
+from __future__ import annotations
+
+from tunefleet.config import Config
+
+
+def _use_gpu(cfg: Config) -> bool:
+    import ray
+
+    if cfg.trainer.device == "cuda":
+        return True
+    return cfg.trainer.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0
+
+
+def build_trainer(cfg: Config, loop_config: dict, name: str, storage: str):
+    """TorchTrainer with `trainer.num_workers` workers (gloo on CPU, NCCL on GPU).
+    Rerunning with the same `name` and `storage` resumes from the newest checkpoint."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from tunefleet.train.loop import train_loop_per_worker
+
+    gpu = _use_gpu(cfg)
+    t = cfg.trainer
+    scaling = ScalingConfig(num_workers=t.num_workers, use_gpu=gpu,
+                            resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if gpu else {})})
+    run = RunConfig(
+        name=name,
+        storage_path=storage,
+        failure_config=FailureConfig(max_failures=t.max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+    )
+    return TorchTrainer(train_loop_per_worker, train_loop_config=loop_config, scaling_config=scaling,
+                        run_config=run, torch_config=TorchConfig(backend="nccl" if gpu else "gloo"))

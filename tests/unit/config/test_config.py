@@ -1,0 +1,83 @@
+"""Config loading: every broken config fails with exit 2 and names the field."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tunefleet.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[3]
+GOOD = """
+model: {name: tiny-llama}
+data: {task: arith}
+algorithm: {type: sft}
+trainer: {num_workers: 2, max_steps: 5, batch_size: 4, micro_batch_size: 2}
+"""
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_good_config_and_overrides(tmp_path):
+    cfg = load_config(_write(tmp_path, GOOD), ["trainer.lr=3e-4", "model.lora.r=8", "checkpoint.every_steps=2"])
+    assert cfg.trainer.lr == 3e-4 and cfg.trainer.num_workers == 2
+    assert cfg.model.lora.r == 8 and cfg.model.lora.alpha == 32
+    assert cfg.checkpoint.every_steps == 2 and cfg.algorithm.type == "sft"
+    assert cfg.trainer.grad_accum == 1
+
+
+BROKEN = [
+    ("unknown key", GOOD + "trainer2: {}\n", [], "trainer2", "did you mean 'trainer'"),
+    ("near-miss key", GOOD, ["trainer.max_step=3"], "trainer.max_step", "did you mean 'max_steps'"),
+    ("wrong type", GOOD, ["trainer.num_workers=two"], "trainer.num_workers", "expected int"),
+    ("bad enum", GOOD, ["algorithm.type=dpx"], "algorithm.type", "allowed: sft"),
+    ("bad enum literal", GOOD, ["trainer.lr_schedule=cosin"], "trainer.lr_schedule", "did you mean 'cosine'"),
+    ("negative lr", GOOD, ["trainer.lr=-0.1"], "trainer.lr", "> 0"),
+    ("missing model", "data: {task: arith}\n", [], "model", "missing required field"),
+    ("missing model name", "model: {}\n", [], "model.name", "missing required field"),
+    ("malformed yaml", "model: {name: tiny-llama\ntrainer: [\n", [], "malformed YAML", "c.yaml:"),
+    ("batch not divisible", GOOD, ["trainer.batch_size=5"], "trainer.batch_size", "multiple of"),
+    ("bad on_bad_row", GOOD, ["data.on_bad_row=ignore"], "data.on_bad_row", "'error' | 'skip'"),
+    ("task and path", GOOD, ["data.path=x.jsonl"], "data.task", "exactly one"),
+]
+
+
+@pytest.mark.parametrize("label,text,overrides,field,hint", BROKEN, ids=[b[0] for b in BROKEN])
+def test_broken_configs_name_the_field(tmp_path, label, text, overrides, field, hint):
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, text), overrides)
+    msg = str(info.value)
+    assert field in msg and hint in msg, msg
+
+
+def _validate(*args):
+    env = {"PYTHONPATH": str(ROOT / "platform"), "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-m", "tunefleet.cli.main", "validate", *args],
+                          capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_validate_cli_exit_codes(tmp_path):
+    good = _write(tmp_path, GOOD)
+    ok = _validate(str(good))
+    assert ok.returncode == 0, ok.stderr
+    bad = _validate(str(good), "trainer.lr=-1")
+    assert bad.returncode == 2 and "trainer.lr" in bad.stderr and "-1" in bad.stderr
+
+
+def test_sample_configs_validate():
+    for path in sorted((ROOT / "jobs" / "configs").glob("*.yaml")):
+        load_config(path, ["model.name=tiny-llama"])
+    load_config(ROOT / "platform" / "tunefleet" / "cli" / "demo.yaml")
+
+
+def test_config_package_imports_without_torch_or_ray():
+    code = "import sys, tunefleet.config, tunefleet.cli.main; bad = {'torch', 'ray', 'vllm'} & set(sys.modules); " \
+           "assert not bad, bad"
+    res = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(ROOT / "platform")},
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
