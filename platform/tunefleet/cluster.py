@@ -13,11 +13,13 @@ def _quiet_env() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def init_ray(ship_package: bool = False, dashboard: bool = False, num_cpus: int | None = None):
+def init_ray(ship_package: bool = False, dashboard: bool = True, num_cpus: int | None = None):
     """Connect to RAY_ADDRESS / a running cluster if there is one, else start a local one.
 
     ship_package: upload this source tree's `tunefleet` to the workers (py_modules), for
     clusters whose image does not have it installed (`ray job submit` from a checkout).
+    dashboard: on by default: Ray Train's controller queries the state API (which the
+    dashboard serves), and Tune over Train hangs without it (../shared/STACK.md).
     """
     import ray
 

@@ -140,7 +140,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         metrics["epoch"] = order.epoch_of(step + 1, t.batch_size)
         done = step + 1
         reporter.metrics(metrics, step=done)
-        status.update(done, metrics)
+        if rank == 0:
+            status.update(done, metrics)
         every = cfg.checkpoint.every_steps
         if done == t.max_steps or (every and done % every == 0):
             final = done == t.max_steps

@@ -1,0 +1,22 @@
+"""Integration fixtures: one local Ray cluster for the module, MLflow in a temp store."""
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local 2-CPU Ray cluster with the dashboard (Ray Train's controller queries it)."""
+    import ray
+
+    from tunefleet.cluster import init_ray
+
+    init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+def metric_history(tracking_uri: str, run_id: str, key: str) -> dict[int, float]:
+    """step -> value of one metric of an MLflow run (last value wins per step)."""
+    from mlflow.tracking import MlflowClient
+
+    return {m.step: m.value for m in MlflowClient(tracking_uri).get_metric_history(run_id, key)}
