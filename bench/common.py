@@ -1,0 +1,126 @@
+"""Helpers shared by the benchmarks in bench/: data, matmul peak, FLOP limit, subprocesses.
+
+Kept free of heavy imports at module level so the parent process of a benchmark stays light
+(it only measures the matmul peak and starts the measured sides as subprocesses).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+GSM8K_PATH = Path("/work/shared/data/gsm8k/train.jsonl")
+
+# Both sides of a comparison get the same thread settings; OMP/MKL are read at import time,
+# so they must be set in the environment of the subprocess, not only via torch.set_num_threads.
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def sub_env(threads: int) -> dict[str, str]:
+    """Environment for a measured subprocess: fixed threads, offline, no telemetry."""
+    env = dict(os.environ)
+    env.update({k: str(threads) for k in THREAD_ENV})
+    env.update({
+        "TOKENIZERS_PARALLELISM": "false",  # the tokenizer must not steal the 2 cores
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+        "WANDB_DISABLED": "true",
+        "DISABLE_MLFLOW_INTEGRATION": "TRUE",
+        "PYTHONWARNINGS": "ignore",
+    })
+    return env
+
+
+def run_side(argv: list[str], threads: int) -> dict:
+    """Run `python <argv> --result FILE` in a fresh process and return the JSON it wrote.
+
+    A fresh process per side keeps memory, thread pools and allocator state from leaking
+    from one measurement into the other.
+    """
+    with tempfile.TemporaryDirectory(prefix="tunefleet-bench-") as tmp:
+        out = Path(tmp) / "result.json"
+        proc = subprocess.run([sys.executable, *argv, "--result", str(out)], env=sub_env(threads))
+        if proc.returncode != 0 or not out.is_file():
+            raise SystemExit(f"benchmark side failed (exit {proc.returncode}): {' '.join(argv)}")
+        return json.loads(out.read_text())
+
+
+def matmul_gflops(dtype_name: str, seconds: float = 1.0, size: int = 2048) -> float:
+    """Measured GFLOP/s of a square `size` matmul in fp32 or bf16 over about `seconds`."""
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=gen).to(dtype)
+    b = torch.randn(size, size, generator=gen).to(dtype)
+    out = torch.empty(size, size, dtype=dtype)
+    torch.mm(a, b, out=out)  # warm-up: oneDNN picks and caches its kernel on the first call
+    n, start = 0, time.perf_counter()
+    while True:
+        torch.mm(a, b, out=out)
+        n += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return 2 * size**3 * n / elapsed / 1e9
+
+
+def flop_limit_tokens_per_s(n_params: int, gflops: float) -> float:
+    """Training tokens/s the matmul peak allows at 6*N FLOPs per token."""
+    return gflops * 1e9 / (6 * n_params)
+
+
+def problems_to_rows(data: str, n: int, gsm8k_path: Path = GSM8K_PATH) -> list[dict]:
+    """The first `n` raw rows of the benchmark data, deterministic.
+
+    arith: generated problems as prompt/completion strings; gsm8k: file order.
+    """
+    if data == "arith":
+        from tunefleet.data import get_task
+
+        problems = get_task("arith").generate("train", n, seed=0, level=2)
+        return [{"prompt": p.prompt, "completion": p.answer} for p in problems]
+    rows = []
+    with open(gsm8k_path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                rows.append(json.loads(line))
+            if len(rows) == n:
+                break
+    return rows
+
+
+def sft_examples(tokenizer, data: str, n: int, max_length: int, gsm8k_path: Path = GSM8K_PATH):
+    """Return (examples, tokenized) for the first `n` usable rows, in order.
+
+    Rows whose truncation leaves no response tokens are dropped on BOTH sides (the caller
+    gives TRL the same `examples`), so the two frameworks see identical data.
+    """
+    from tunefleet.data import to_sft_example, tokenize_sft
+
+    ask = n
+    while True:  # usually one pass; more only when many rows are cut to nothing
+        rows = problems_to_rows(data, ask, gsm8k_path)
+        examples, tokenized = [], []
+        for row in rows:
+            ex = to_sft_example(row)
+            tok = tokenize_sft(tokenizer, ex, max_length)
+            if tok is not None:
+                examples.append(ex)
+                tokenized.append(tok)
+                if len(examples) == n:
+                    return examples, tokenized
+        if len(rows) < ask:  # the source is exhausted
+            raise SystemExit(f"only {len(examples)} usable {data} rows, the run needs {n}")
+        ask *= 2
+
+
+def trl_row(example) -> dict:
+    """An SftExample as a TRL conversational prompt/completion row (completion-only loss)."""
+    return {"prompt": [dict(m) for m in example.prompt],
+            "completion": [{"role": "assistant", "content": example.response}]}
