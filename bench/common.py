@@ -33,6 +33,8 @@ def sub_env(threads: int) -> dict[str, str]:
         "WANDB_DISABLED": "true",
         "DISABLE_MLFLOW_INTEGRATION": "TRUE",
         "PYTHONWARNINGS": "ignore",
+        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
     })
     return env
 

@@ -65,6 +65,18 @@ def _summary(args, step_times: list[float], tokens: list[int], targets: list[int
     }
 
 
+def _examples(args, tok, packing: bool):
+    """(examples, tokenized): one per sequence of the run, or, when this side packs, enough
+    to fill (warmup+steps)*batch packed rows of max_length, with some slack."""
+    need = (args.warmup + args.steps) * args.batch
+    examples, rows = sft_examples(tok, args.data, need, args.max_length, args.gsm8k_path)
+    if packing:
+        mean = sum(len(r["input_ids"]) for r in rows) / len(rows)
+        pool = math.ceil(need * args.max_length / mean * 1.2) + args.batch
+        examples, rows = sft_examples(tok, args.data, pool, args.max_length, args.gsm8k_path)
+    return examples, rows
+
+
 def run_tunefleet(args) -> dict:
     """In-process tunefleet training steps, set up as platform/tunefleet/train/loop.py does."""
     import torch
@@ -82,12 +94,9 @@ def run_tunefleet(args) -> dict:
     model_dir = resolve_model(args.model)
     tok = load_tokenizer(model_dir)
     total, b = args.warmup + args.steps, args.batch
-    _, rows = sft_examples(tok, args.data, total * b, args.max_length, args.gsm8k_path)
-    if args.packing:  # enough examples to fill total*b packed rows, with some slack
-        mean = sum(len(r["input_ids"]) for r in rows) / len(rows)
-        pool = math.ceil(total * b * args.max_length / mean * 1.2) + b
-        _, pool_rows = sft_examples(tok, args.data, pool, args.max_length, args.gsm8k_path)
-        rows = pack_examples(pool_rows, args.max_length)[: total * b]
+    _, rows = _examples(args, tok, args.packing)
+    if args.packing:
+        rows = pack_examples(rows, args.max_length)[: total * b]
         if len(rows) < total * b:
             raise SystemExit(f"packing gave {len(rows)} rows, need {total * b}")
     # Collated up front, like TRL's trainer fetches each batch before its on_step_begin.
@@ -129,7 +138,7 @@ def run_trl(args) -> dict:
     model_dir = resolve_model(args.model)
     tok = load_tokenizer(model_dir)
     total, b = args.warmup + args.steps, args.batch
-    examples, _ = sft_examples(tok, args.data, total * b, args.max_length, args.gsm8k_path)
+    examples, _ = _examples(args, tok, args.trl_packing)
     dataset = Dataset.from_list([trl_row(ex) for ex in examples])
     model = load_model(model_dir, dtype="float32")
     model.config.use_cache = False

@@ -26,8 +26,11 @@ def init_ray(ship_package: bool = False, dashboard: bool = True, num_cpus: int |
     _quiet_env()
     if ray.is_initialized():
         return ray
-    env = {"env_vars": {k: os.environ[k] for k in ("TUNEFLEET_HOME", "MLFLOW_TRACKING_URI", "HF_HUB_OFFLINE")
-                        if k in os.environ}}
+    env_vars = {k: os.environ[k] for k in ("TUNEFLEET_HOME", "MLFLOW_TRACKING_URI", "HF_HUB_OFFLINE")
+                if k in os.environ}
+    # Ray Train tees print() into its logger as well, which shows every status line twice.
+    env_vars["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"
+    env = {"env_vars": env_vars}
     if ship_package:
         env["py_modules"] = [str(Path(__file__).resolve().parent)]
     address = os.environ.get("RAY_ADDRESS")

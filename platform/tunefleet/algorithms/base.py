@@ -22,6 +22,7 @@ class LossInputs:
     num_tokens:   counted tokens in the whole optimizer step (all micro-batches, all ranks).
     num_sequences: sequences in the whole optimizer step.
     extras:       per-algorithm columns, e.g. "ref_logps" [B, T], "advantages" [B].
+    values:       [B] scalar-head outputs (reward models); None for language-model losses.
     """
 
     logps: torch.Tensor
@@ -29,6 +30,7 @@ class LossInputs:
     num_tokens: float
     num_sequences: int
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    values: torch.Tensor | None = None
 
 
 @dataclass

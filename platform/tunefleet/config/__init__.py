@@ -15,6 +15,7 @@ from tunefleet.config.schema import (
     EvalConfig,
     LoraConfig,
     ModelConfig,
+    ReferenceConfig,
     RunSection,
     SftConfig,
     TrackingConfig,
@@ -45,6 +46,6 @@ def dump_yaml(cfg: Config) -> str:
 
 __all__ = [
     "ALGORITHM_CONFIGS", "AlgorithmConfig", "CheckpointConfig", "Config", "ConfigError", "DataConfig",
-    "EvalConfig", "LoraConfig", "ModelConfig", "RunSection", "SftConfig", "TrackingConfig", "TrainerConfig",
+    "EvalConfig", "LoraConfig", "ModelConfig", "ReferenceConfig", "RunSection", "SftConfig", "TrackingConfig", "TrainerConfig",
     "config_from_dict", "dump_yaml", "load_config", "parse_yaml", "to_dict",
 ]

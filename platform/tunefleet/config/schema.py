@@ -76,6 +76,11 @@ class AlgorithmConfig:
     """Tagged union: `type` selects the variant (see ALGORITHM_CONFIGS below)."""
 
     TAGGED_UNION: ClassVar[dict[str, Any]] = {}
+    # What the loop needs, declared by each variant so that nothing branches on names:
+    BATCH: ClassVar[str] = "single"  # micro-batch layout (data/batching.py)
+    NEEDS_REFERENCE: ClassVar[bool] = False  # reference log-probs (reference.mode)
+    REFERENCE_MODES: ClassVar[tuple[str, ...]] = ("precompute", "live")
+    VALUE_HEAD: ClassVar[bool] = False  # scalar head instead of token log-probs
     type: str = ""
 
 
@@ -178,6 +183,19 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class ReferenceConfig:
+    """Reference policy for methods that need one. `precompute`: one pass before training
+    stores sequence log-probs (cached by model and data digest); `live`: a frozen copy on
+    each worker (with LoRA: the base model with the adapter disabled, no second copy)."""
+
+    mode: Literal["precompute", "live"] = "precompute"
+    batch_size: int = 8
+
+    def validate(self, path: str) -> None:
+        check(self.batch_size >= 1, _p(path, "batch_size"), self.batch_size, ">= 1")
+
+
+@dataclass(frozen=True)
 class RunSection:
     """`name` identifies a run: rerunning with the same name resumes from its newest checkpoint."""
 
@@ -202,3 +220,16 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunSection = field(default_factory=RunSection)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+
+    def validate(self, path: str) -> None:
+        modes = self.algorithm.REFERENCE_MODES
+        if self.algorithm.NEEDS_REFERENCE and self.reference.mode not in modes:
+            raise ConfigError("reference.mode", f"bad value {self.reference.mode!r} for algorithm.type="
+                              f"{self.algorithm.type}; allowed: {', '.join(modes)}")
+        if self.algorithm.BATCH != "single" and self.data.path is None:
+            raise ConfigError("data.path", f"missing for algorithm.type={self.algorithm.type}: built-in tasks have "
+                              "no preference labels; give a JSONL/Parquet file of pairs (or KTO rows)")
+        if self.algorithm.BATCH != "single" and self.data.packing:
+            raise ConfigError("data.packing", f"bad value True for algorithm.type={self.algorithm.type}; "
+                              "allowed: false (packing applies to single-sequence methods)")

@@ -12,6 +12,14 @@ import warnings
 from dataclasses import dataclass, field
 
 from tunefleet.data.formats import sft_row_problem, to_sft_example
+from tunefleet.data.preference import (
+    kto_row_problem,
+    preference_row_problem,
+    to_kto_example,
+    to_preference_example,
+    tokenize_kto,
+    tokenize_pair,
+)
 from tunefleet.data.readers import BadRow, DataError, read_rows
 from tunefleet.data.tasks import DEFAULT_LEVEL, Problem, get_task
 from tunefleet.data.tokenize import pack_examples, tokenize_sft
@@ -59,24 +67,59 @@ def _source_rows(data_cfg) -> tuple[list[dict], list[Problem], dict, tuple[BadRo
     return result.rows, [], info, result.bad_rows
 
 
-def prepare_sft(data_cfg, tokenizer) -> PreparedData:
-    """Read or generate rows, apply the chat template, mask prompts, optionally pack."""
-    raw, evals, info, bad = _source_rows(data_cfg)
+def _tokenize_all(data_cfg, raw: list[dict], tokenize) -> tuple[list[dict], list[BadRow]]:
     rows, too_long = [], []
     for i, row in enumerate(raw):
-        tok = tokenize_sft(tokenizer, to_sft_example(row), data_cfg.max_length)
+        tok = tokenize(row)
         if tok is None:
             too_long.append(BadRow(str(data_cfg.path or data_cfg.task), i + 1,
                                    f"no response tokens left within data.max_length={data_cfg.max_length}"))
             continue
         rows.append(tok)
+    return rows, too_long
+
+
+def _check_truncated(data_cfg, rows: list[dict], too_long: list[BadRow]) -> None:
     if too_long:
         if data_cfg.on_bad_row == "error":
             raise DataError(f"{too_long[0]} (set data.on_bad_row: skip to drop such rows)")
         warnings.warn(f"skipped {len(too_long)} rows with no response tokens after truncation; first: {too_long[0]}")
     if not rows:
         raise DataError(f"{data_cfg.path or data_cfg.task}: no usable training rows")
+
+
+def prepare_sft(data_cfg, tokenizer) -> PreparedData:
+    """Read or generate rows, apply the chat template, mask prompts, optionally pack."""
+    raw, evals, info, bad = _source_rows(data_cfg)
+    rows, too_long = _tokenize_all(data_cfg, raw, lambda r: tokenize_sft(tokenizer, to_sft_example(r),
+                                                                          data_cfg.max_length))
+    _check_truncated(data_cfg, rows, too_long)
     if data_cfg.packing:
         rows = pack_examples(rows, data_cfg.max_length)
     info["train"]["tokenized_rows"] = len(rows)
     return PreparedData(rows=rows, eval_problems=evals, info=info, bad_rows=tuple(bad) + tuple(too_long))
+
+
+# kind -> (row validator, row -> tokenized row)
+_PAIRED = {
+    "pairs": (preference_row_problem, lambda tok, r, n: tokenize_pair(tok, to_preference_example(r), n)),
+    "kto": (kto_row_problem, lambda tok, r, n: tokenize_kto(tok, to_kto_example(r), n)),
+}
+
+
+def read_tokenized(path: str, kind: str, data_cfg, tokenizer) -> tuple[list[dict], dict, tuple[BadRow, ...]]:
+    """Read a preference/KTO file, report bad rows by the data.on_bad_row policy, tokenize."""
+    validate, tokenize = _PAIRED[kind]
+    result = read_rows(path, on_bad_row=data_cfg.on_bad_row, validate=validate)
+    rows, too_long = _tokenize_all(data_cfg, result.rows, lambda r: tokenize(tokenizer, r, data_cfg.max_length))
+    _check_truncated(data_cfg, rows, too_long)
+    info = {"digest": result.digest, "rows": len(result.rows), "source": str(path)}
+    return rows, info, tuple(result.bad_rows) + tuple(too_long)
+
+
+def prepare_data(data_cfg, batch_kind: str, tokenizer) -> PreparedData:
+    """Training rows for the algorithm's batch kind ("single", "pairs" or "kto")."""
+    if batch_kind == "single":
+        return prepare_sft(data_cfg, tokenizer)
+    rows, info, bad = read_tokenized(data_cfg.path, batch_kind, data_cfg, tokenizer)
+    return PreparedData(rows=rows, info={"train": info}, bad_rows=bad)

@@ -15,18 +15,21 @@ def apply_lora(
     alpha: int,
     dropout: float,
     target_modules: list[str] | str,
+    modules_to_save: list[str] | None = None,
 ) -> PeftModel:
     """Wrap `model` with LoRA adapters; base weights are frozen by PEFT.
 
     `target_modules` is a list of module names or ``"all-linear"`` (every linear layer
-    except the output head).
+    except the output head). `modules_to_save` are trained in full and saved with the
+    adapter (a reward model's fresh `score` head).
     """
     config = LoraConfig(
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
         target_modules=target_modules,
-        task_type="CAUSAL_LM",
+        modules_to_save=modules_to_save,
+        task_type="SEQ_CLS" if modules_to_save else "CAUSAL_LM",
     )
     return get_peft_model(model, config)
 

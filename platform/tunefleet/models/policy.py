@@ -49,6 +49,24 @@ class TokenLogpModel(nn.Module):
         return out.masked_scatter(sel, logp)
 
 
+class ValueModel(TokenLogpModel):
+    """A sequence-classification LM (scalar `score` head): forward returns one value per
+    sequence, read at the last target token (the end-of-turn token of the response)."""
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids, labels [B, T] -> values [B] (float32)."""
+        core = self._core()
+        hidden = core.get_decoder()(
+            input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state
+        positions = torch.arange(labels.shape[1], device=labels.device).expand_as(labels)
+        # labels[t] holds token t+1, so the last scored token sits one past the last label.
+        last = torch.where(labels != IGNORE, positions, -1).max(dim=1).values + 1
+        picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return core.score(picked).squeeze(-1).float()
+
+
 @dataclass
 class Policy:
     """What the loop holds: the module to call, and the parameters to optimise."""
@@ -56,6 +74,7 @@ class Policy:
     module: TokenLogpModel
     is_lora: bool
     sharded: bool
+    value_head: bool = False
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.module.parameters() if p.requires_grad]
@@ -73,19 +92,37 @@ def shard(module: TokenLogpModel) -> None:
     fully_shard(module)
 
 
-def build_policy(model_dir: str, dtype: str, lora, device: torch.device, world_size: int) -> Policy:
+def _load_value_model(model_dir: str, dtype: str):
+    from transformers import AutoModelForSequenceClassification
+
+    from tunefleet.models.registry import load_tokenizer
+
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    lm = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, dtype=torch_dtype,
+                                                            attn_implementation="sdpa")
+    lm.config.pad_token_id = load_tokenizer(model_dir).pad_token_id
+    return lm
+
+
+def build_policy(model_dir: str, dtype: str, lora, device: torch.device, world_size: int,
+                 value_head: bool = False, trainable: bool = True) -> Policy:
     """Load the model from `model_dir`, add LoRA if `lora` (a LoraConfig) is set, move it to
-    `device`, and shard it with FSDP2 when `world_size > 1`."""
+    `device`, and shard it with FSDP2 when `world_size > 1`. `value_head`: a scalar-head
+    model (reward models); `trainable=False`: a frozen copy (a live reference)."""
     from tunefleet.models.registry import load_model
 
-    lm = load_model(model_dir, dtype=dtype)
+    lm = _load_value_model(model_dir, dtype) if value_head else load_model(model_dir, dtype=dtype)
     lm.config.use_cache = False
-    if lora is not None:
+    if lora is not None and trainable:
         from tunefleet.models.lora import apply_lora
 
         target = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
-        lm = apply_lora(lm, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=target)
-    module = TokenLogpModel(lm).to(device)
+        lm = apply_lora(lm, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=target,
+                        modules_to_save=["score"] if value_head else None)
+    if not trainable:
+        lm.requires_grad_(False)
+    module = (ValueModel if value_head else TokenLogpModel)(lm).to(device)
     if world_size > 1:
         shard(module)
-    return Policy(module=module, is_lora=lora is not None, sharded=world_size > 1)
+    return Policy(module=module, is_lora=lora is not None and trainable, sharded=world_size > 1,
+                  value_head=value_head)

@@ -63,18 +63,64 @@ def _start_tracker(cfg: Config, name: str):
     return tracker
 
 
-def _evaluate(cfg: Config, model_dir: str, export_dir: str | None, tokenizer, problems, label: str, tracker,
-              step: int):
+def _task_eval(cfg: Config, model_dir: str, tokenizer, problems):
     from tunefleet.data import get_task
     from tunefleet.eval.exact_match import load_trained, task_accuracy
 
-    model = load_trained(model_dir, export_dir, cfg.model.lora is not None, cfg.model.dtype)
-    res = task_accuracy(model, tokenizer, get_task(cfg.data.task), problems, cfg.eval.max_new_tokens,
-                        cfg.eval.batch_size, label=label)
-    print(f"[{label}] exact-match accuracy {res.accuracy:.3f} ({res.correct}/{res.total})", flush=True)
-    tracker.log_metrics({f"eval/accuracy_{label}": res.accuracy}, step=step)
-    tracker.log_dict({"accuracy": res.accuracy, "samples": res.samples}, f"eval/{label}.json")
-    return res.accuracy
+    def run(export_dir: str | None, label: str):
+        model = load_trained(model_dir, export_dir, cfg.model.lora is not None, cfg.model.dtype)
+        res = task_accuracy(model, tokenizer, get_task(cfg.data.task), problems, cfg.eval.max_new_tokens,
+                            cfg.eval.batch_size, label=label)
+        return res.accuracy, {"accuracy": res.accuracy, "samples": res.samples}
+
+    return "accuracy", run
+
+
+def _preference_eval(cfg: Config, model_dir: str, tokenizer):
+    from tunefleet.data.prepare import read_tokenized
+    from tunefleet.eval.preference import load_scorer, preference_accuracy
+
+    pairs, _, _ = read_tokenized(cfg.data.eval_path, "pairs", cfg.data, tokenizer)
+
+    def run(export_dir: str | None, label: str):
+        scorer = load_scorer(model_dir, export_dir, cfg.model.lora is not None, cfg.algorithm.VALUE_HEAD,
+                             cfg.model.dtype)
+        acc = preference_accuracy(scorer, pairs, tokenizer.pad_token_id, cfg.reference.batch_size, label)
+        return acc, {"preference_accuracy": acc, "pairs": len(pairs)}
+
+    return "preference_accuracy", run
+
+
+def _evaluator(cfg: Config, model_dir: str, tokenizer, data):
+    """(metric name, fn(export_dir | None, label) -> (value, details)) or None."""
+    if data.eval_problems:
+        return _task_eval(cfg, model_dir, tokenizer, data.eval_problems)
+    if cfg.data.eval_path and cfg.algorithm.BATCH == "pairs":
+        return _preference_eval(cfg, model_dir, tokenizer)
+    return None
+
+
+def _evaluate(evaluator, export_dir: str | None, label: str, tracker, step: int) -> dict[str, float]:
+    if evaluator is None:
+        return {}
+    name, run = evaluator
+    value, details = run(export_dir, label)
+    print(f"[{label}] {name} {value:.3f}", flush=True)
+    tracker.log_metrics({f"eval/{name}_{label}": value}, step=step)
+    tracker.log_dict(details, f"eval/{label}.json")
+    return {f"eval/{name}_{label}": value}
+
+
+def _precompute(cfg: Config, model_dir: str, tokenizer, data) -> None:
+    if not (cfg.algorithm.NEEDS_REFERENCE and cfg.reference.mode == "precompute"):
+        return
+    from tunefleet.paths import tunefleet_home
+    from tunefleet.train.reference import precompute_reference
+
+    path = precompute_reference(data.rows, model_dir, tokenizer.pad_token_id, data.info["train"]["digest"],
+                                cfg.data.max_length, cfg.model.dtype, cfg.reference.batch_size,
+                                tunefleet_home() / "refcache")
+    print(f"[reference] log-probs cached at {path}", flush=True)
 
 
 def run_train_job(cfg: Config, ship_package: bool = False) -> JobResult:
@@ -82,14 +128,15 @@ def run_train_job(cfg: Config, ship_package: bool = False) -> JobResult:
     import ray
 
     from tunefleet.cluster import init_ray
-    from tunefleet.data.prepare import prepare_sft
+    from tunefleet.data.prepare import prepare_data
     from tunefleet.models.registry import load_tokenizer, resolve_model
     from tunefleet.train.trainer import build_trainer
 
     init_ray(ship_package=ship_package)
     model_dir = str(resolve_model(cfg.model.name))
     tokenizer = load_tokenizer(model_dir)
-    data = prepare_sft(cfg.data, tokenizer)
+    data = prepare_data(cfg.data, cfg.algorithm.BATCH, tokenizer)
+    _precompute(cfg, model_dir, tokenizer, data)
     name = run_name(cfg)
     tracker = _start_tracker(cfg, name)
     for ds_name, info in data.info.items():
@@ -98,10 +145,9 @@ def run_train_job(cfg: Config, ship_package: bool = False) -> JobResult:
         tracker.log_text("\n".join(str(b) for b in data.bad_rows), "data/bad_rows.txt")
         tracker.log_metrics({"data/bad_rows": len(data.bad_rows)}, step=0)
     metrics: dict[str, float] = {}
-    evaluate = bool(data.eval_problems)
-    if evaluate and cfg.eval.before:
-        metrics["eval/accuracy_before"] = _evaluate(cfg, model_dir, None, tokenizer, data.eval_problems, "before",
-                                                    tracker, 0)
+    evaluator = _evaluator(cfg, model_dir, tokenizer, data)
+    if cfg.eval.before:
+        metrics.update(_evaluate(evaluator, None, "before", tracker, 0))
     loop_config = {"config": to_dict(cfg), "model_dir": model_dir, "data_ref": ray.put(data.rows),
                    "pad_id": tokenizer.pad_token_id, "tracking_uri": tracker.uri, "run_id": tracker.run_id}
     print(f"[driver] run {name}: {len(data.rows)} training rows, {cfg.trainer.num_workers} worker(s), "
@@ -114,9 +160,8 @@ def run_train_job(cfg: Config, ship_package: bool = False) -> JobResult:
     ckpt_path = result.checkpoint.path if result.checkpoint else None
     metrics.update({k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))})
     export_dir = str(Path(ckpt_path) / "export") if ckpt_path and (Path(ckpt_path) / "export").is_dir() else None
-    if evaluate and cfg.eval.after and export_dir:
-        metrics["eval/accuracy_after"] = _evaluate(cfg, model_dir, export_dir, tokenizer, data.eval_problems,
-                                                   "after", tracker, cfg.trainer.max_steps)
+    if cfg.eval.after and export_dir:
+        metrics.update(_evaluate(evaluator, export_dir, "after", tracker, cfg.trainer.max_steps))
     if export_dir:
         tracker.log_artifact(export_dir, "adapter" if cfg.model.lora is not None else "model")
     tracker.finish("FINISHED")

@@ -43,18 +43,24 @@ def _setup(cfg: Config, model_dir: str, rank: int, world: int) -> StepContext:
     threads = cfg.trainer.torch_threads or max(1, int(cfg.trainer.cpus_per_worker))
     torch.set_num_threads(threads)
     _seed(cfg.trainer.seed)
-    policy = build_policy(model_dir, cfg.model.dtype, cfg.model.lora, device, world)
+    algo = cfg.algorithm
+    policy = build_policy(model_dir, cfg.model.dtype, cfg.model.lora, device, world, value_head=algo.VALUE_HEAD)
     t = cfg.trainer
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=t.lr, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, t.max_steps, t.warmup_steps, t.lr_schedule, t.min_lr_ratio)
     )
-    return StepContext(policy, optimizer, scheduler, get_loss(cfg.algorithm.type), cfg.algorithm, device, world,
-                       t.max_grad_norm, t.bf16)
+    reference = None
+    if algo.NEEDS_REFERENCE and cfg.reference.mode == "live":
+        from tunefleet.train.reference import live_reference
+
+        reference = live_reference(cfg, model_dir, policy, device, world)
+    return StepContext(policy, optimizer, scheduler, get_loss(algo.type), algo, device, world,
+                       t.max_grad_norm, t.bf16, reference)
 
 
-def _batches(rows: list[dict], idx: list[int], collate, pad_id: int) -> list[dict]:
-    return [collate([rows[i] for i in chunk], pad_id) for chunk in idx]
+def _batches(rows: list[dict], idx: list[list[int]], batcher, pad_id: int) -> list[dict]:
+    return [batcher.collate([rows[i] for i in chunk], pad_id) for chunk in idx]
 
 
 class _Reporter:
@@ -104,10 +110,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray
     import ray.train
 
-    from tunefleet.data.tokenize import collate
+    from tunefleet.data.batching import BATCHERS
     from tunefleet.train.state import load_training_state
 
     cfg = config_from_dict(loop_config["config"])
+    batcher = BATCHERS[cfg.algorithm.BATCH]
     tctx = ray.train.get_context()
     rank, world = tctx.get_world_rank(), tctx.get_world_size()
     rows = ray.get(loop_config["data_ref"])
@@ -128,12 +135,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
         tick = time.perf_counter()
         global_idx = order.batch(step, t.batch_size)
         everyone = _batches(rows, [global_idx[i:i + t.micro_batch_size]
-                                   for i in range(0, len(global_idx), t.micro_batch_size)], collate,
+                                   for i in range(0, len(global_idx), t.micro_batch_size)], batcher,
                             loop_config["pad_id"])
         num_tokens = sum(count_targets(b) for b in everyone)
-        mine = _batches(rows, rank_micro_batches(global_idx, rank, world, t.micro_batch_size), collate,
+        mine = _batches(rows, rank_micro_batches(global_idx, rank, world, t.micro_batch_size), batcher,
                         loop_config["pad_id"])
-        metrics = train_step(ctx, mine, num_tokens, len(global_idx))
+        metrics = train_step(ctx, mine, num_tokens, batcher.sequences([rows[i] for i in global_idx]))
         elapsed = time.perf_counter() - tick
         metrics["tokens_per_s"] = metrics.pop("real_tokens") / elapsed
         metrics["step_time_s"] = elapsed

@@ -9,6 +9,7 @@ import torch
 from tunefleet.algorithms import get_loss
 from tunefleet.config import LoraConfig, SftConfig
 from tunefleet.data import collate, pack_examples
+from tunefleet.data.batching import BATCHERS
 from tunefleet.models.policy import build_policy
 from tunefleet.models.registry import resolve_model
 from tunefleet.train.step import StepContext, count_targets, train_step
@@ -49,8 +50,9 @@ def test_grad_accumulation_invariance(tiny, lora):
     """One batch as 1 micro-batch x 4 or as 4 x 1 gives the same loss and the same update."""
     rows = _rows()
     a, b = _ctx(tiny, lora), _ctx(tiny, lora)
-    whole = [collate(rows, 0)]
-    split = [collate([r], 0) for r in rows]
+    single = BATCHERS["single"].collate
+    whole = [single(rows, 0)]
+    split = [single([r], 0) for r in rows]
     n = count_targets(whole[0])
     assert n == sum(count_targets(m) for m in split) == sum(sum(r["loss_mask"][1:]) for r in rows)
     ma, mb = train_step(a, whole, n, 4), train_step(b, split, n, 4)

@@ -1,0 +1,70 @@
+"""Micro-batch layouts, chosen by the algorithm config's `BATCH` kind (never by its name).
+
+Every batcher turns a list of tokenized rows into
+    {"main": collated tensors [B, T], "aux": {name: collated tensors}, "extras": {name: tensor}}
+and says how many sequences a list of rows counts for loss normalisation.
+
+- single: one sequence per row (SFT, RL).
+- pairs:  rows {"chosen", "rejected"}; main = b chosen rows then b rejected rows (B = 2b);
+          normalised per pair. Precomputed reference sums travel as extras["ref_seq_logps"] [2b].
+- kto:    rows with "kto_label"; aux["kl"] pairs each prompt with the next row's completion
+          (mismatched pairs estimate KTO's KL baseline).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from tunefleet.data.tokenize import collate
+
+
+@dataclass(frozen=True)
+class Batcher:
+    collate: Callable[[list[dict], int], dict]
+    sequences: Callable[[list[dict]], int]
+
+
+def _float(values: list[float]):
+    import torch
+
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def _single(rows: list[dict], pad_id: int) -> dict:
+    extras = {"ref_seq_logps": _float([r["ref_seq_logps"] for r in rows])} if "ref_seq_logps" in rows[0] else {}
+    return {"main": collate(rows, pad_id), "aux": {}, "extras": extras}
+
+
+def _pairs(rows: list[dict], pad_id: int) -> dict:
+    seqs = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
+    extras = {}
+    if "ref_seq_logps" in rows[0]["chosen"]:
+        extras["ref_seq_logps"] = _float([s["ref_seq_logps"] for s in seqs])
+    return {"main": collate(seqs, pad_id), "aux": {}, "extras": extras}
+
+
+def mismatched(rows: list[dict]) -> list[dict]:
+    """Prompt of row i + completion of row i+1 (mod b): sequences no one preferred."""
+    out = []
+    for i, row in enumerate(rows):
+        other = rows[(i + 1) % len(rows)]
+        p_len = row["loss_mask"].index(1) if 1 in row["loss_mask"] else len(row["loss_mask"])
+        o_len = other["loss_mask"].index(1) if 1 in other["loss_mask"] else len(other["loss_mask"])
+        resp_ids, resp_mask = other["input_ids"][o_len:], other["loss_mask"][o_len:]
+        out.append({"input_ids": row["input_ids"][:p_len] + resp_ids, "loss_mask": [0] * p_len + resp_mask})
+    return out
+
+
+def _kto(rows: list[dict], pad_id: int) -> dict:
+    batch = _single(rows, pad_id)
+    batch["extras"]["kto_label"] = _float([r["kto_label"] for r in rows])
+    batch["aux"]["kl"] = collate(mismatched(rows), pad_id)
+    return batch
+
+
+BATCHERS: dict[str, Batcher] = {
+    "single": Batcher(_single, len),
+    "pairs": Batcher(_pairs, len),
+    "kto": Batcher(_kto, len),
+}
