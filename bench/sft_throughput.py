@@ -77,6 +77,19 @@ def _examples(args, tok, packing: bool):
     return examples, rows
 
 
+def _collate_for_step(rows: list[dict], pad_id: int) -> dict:
+    """A micro-batch in the layout train_step expects: the SFT algorithm's batcher where the
+    platform has batchers (data/batching.py), else the plain collated tensors."""
+    try:
+        from tunefleet.config.schema import SftConfig
+        from tunefleet.data.batching import BATCHERS
+    except ImportError:
+        from tunefleet.data import collate
+
+        return collate(rows, pad_id)
+    return BATCHERS[getattr(SftConfig, "BATCH", "single")].collate(rows, pad_id)
+
+
 def run_tunefleet(args) -> dict:
     """In-process tunefleet training steps, set up as platform/tunefleet/train/loop.py does."""
     import torch
@@ -84,7 +97,7 @@ def run_tunefleet(args) -> dict:
     from tunefleet.algorithms import get_loss
     from tunefleet.config import LoraConfig
     from tunefleet.config.schema import SftConfig
-    from tunefleet.data import collate, pack_examples
+    from tunefleet.data import pack_examples
     from tunefleet.models.policy import build_policy
     from tunefleet.models.registry import load_tokenizer, resolve_model
     from tunefleet.train.step import StepContext, count_targets, train_step
@@ -100,7 +113,7 @@ def run_tunefleet(args) -> dict:
         if len(rows) < total * b:
             raise SystemExit(f"packing gave {len(rows)} rows, need {total * b}")
     # Collated up front, like TRL's trainer fetches each batch before its on_step_begin.
-    batches = [collate(rows[i * b:(i + 1) * b], tok.pad_token_id) for i in range(total)]
+    batches = [_collate_for_step(rows[i * b:(i + 1) * b], tok.pad_token_id) for i in range(total)]
     device = torch.device("cpu")
     policy = build_policy(str(model_dir), "float32", LoraConfig() if args.lora else None, device, 1)
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=args.lr, weight_decay=0.0)
@@ -115,7 +128,7 @@ def run_tunefleet(args) -> dict:
         times.append(time.perf_counter() - start)
         tokens.append(int(metrics["real_tokens"]))
         targets.append(n_targets)
-        padded.append(mb["input_ids"].numel())
+        padded.append(mb.get("main", mb)["input_ids"].numel())
         losses.append(metrics["loss"])
     n_params = sum(p.numel() for p in policy.module.parameters())
     trainable = sum(p.numel() for p in policy.trainable_parameters())

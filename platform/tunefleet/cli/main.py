@@ -1,4 +1,4 @@
-"""`tunefleet run | validate | demo`.
+"""`tunefleet run | validate | score | demo`.
 
 Config errors exit with status 2 before anything heavy is imported; the last line a run
 prints is one line of JSON: {"run_id": ..., "metrics": {...}, "artifacts": [...]}.
@@ -22,6 +22,12 @@ def _parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=text)
         sp.add_argument("config", help="YAML config file")
         sp.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.num_workers=2")
+    sp = sub.add_parser("score", help="score rows with a trained reward model; writes Parquet with a reward column")
+    sp.add_argument("model", help="a reward model's exported model/ or adapter/ directory")
+    sp.add_argument("input", help="JSONL/Parquet rows (prompt/completion, messages or question/answer)")
+    sp.add_argument("output", help="Parquet file to write")
+    sp.add_argument("--base", default=None, help="base model for an adapter (default: from adapter_config.json)")
+    sp.add_argument("--on-bad-row", default="error", choices=["error", "skip"])
     sp = sub.add_parser("demo", help="LoRA SFT of SmolLM2-135M-Instruct on the arith task, with eval before/after")
     sp.add_argument("overrides", nargs="*", help="dotted overrides for the demo config")
     return p
@@ -47,6 +53,12 @@ def _run(cfg, ship_package: bool) -> int:
 def main(argv: list[str] | None = None, ship_package: bool = False) -> int:
     """Entry point of the `tunefleet` console script and of jobs/run.py."""
     args = _parser().parse_args(argv)
+    if args.command == "score":
+        from tunefleet.eval.reward_scorer import score_file
+
+        n = score_file(args.model, args.input, args.output, args.base, args.on_bad_row)
+        print(f"scored {n} rows -> {args.output}")
+        return 0
     if args.command == "demo":
         return _run(_load(DEMO_CONFIG, args.overrides), ship_package)
     cfg = _load(args.config, args.overrides)

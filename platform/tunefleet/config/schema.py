@@ -227,9 +227,6 @@ class Config:
         if self.algorithm.NEEDS_REFERENCE and self.reference.mode not in modes:
             raise ConfigError("reference.mode", f"bad value {self.reference.mode!r} for algorithm.type="
                               f"{self.algorithm.type}; allowed: {', '.join(modes)}")
-        if self.algorithm.BATCH != "single" and self.data.path is None:
-            raise ConfigError("data.path", f"missing for algorithm.type={self.algorithm.type}: built-in tasks have "
-                              "no preference labels; give a JSONL/Parquet file of pairs (or KTO rows)")
         if self.algorithm.BATCH != "single" and self.data.packing:
             raise ConfigError("data.packing", f"bad value True for algorithm.type={self.algorithm.type}; "
                               "allowed: false (packing applies to single-sequence methods)")

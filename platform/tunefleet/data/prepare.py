@@ -117,9 +117,32 @@ def read_tokenized(path: str, kind: str, data_cfg, tokenizer) -> tuple[list[dict
     return rows, info, tuple(result.bad_rows) + tuple(too_long)
 
 
+def task_preference_rows(data_cfg, kind: str) -> tuple[list[dict], list[Problem], dict]:
+    """Built-in task as preference data: chosen = the right answer, rejected = a plausible
+    wrong one (pairs), or alternating right (label true) / wrong (false) rows (kto)."""
+    import random
+
+    task = get_task(data_cfg.task)
+    train, evals = task_problems(data_cfg)
+    rng = random.Random(f"pairs-{data_cfg.seed}")
+    if kind == "pairs":
+        raw = [{"prompt": p.prompt, "chosen": p.answer, "rejected": task.wrong_answer(p.answer, rng)} for p in train]
+    else:
+        raw = [{"prompt": p.prompt, "completion": p.answer if i % 2 == 0 else task.wrong_answer(p.answer, rng),
+                "label": i % 2 == 0} for i, p in enumerate(train)]
+    source = f"builtin:{data_cfg.task}?level={task_level(data_cfg)}&seed={data_cfg.seed}&kind={kind}"
+    return raw, evals, {"digest": _digest(raw), "rows": len(raw), "source": source}
+
+
 def prepare_data(data_cfg, batch_kind: str, tokenizer) -> PreparedData:
     """Training rows for the algorithm's batch kind ("single", "pairs" or "kto")."""
     if batch_kind == "single":
         return prepare_sft(data_cfg, tokenizer)
+    if data_cfg.task is not None:
+        raw, evals, info = task_preference_rows(data_cfg, batch_kind)
+        validate, tokenize = _PAIRED[batch_kind]
+        rows, too_long = _tokenize_all(data_cfg, raw, lambda r: tokenize(tokenizer, r, data_cfg.max_length))
+        _check_truncated(data_cfg, rows, too_long)
+        return PreparedData(rows=rows, eval_problems=evals, info={"train": info}, bad_rows=tuple(too_long))
     rows, info, bad = read_tokenized(data_cfg.path, batch_kind, data_cfg, tokenizer)
     return PreparedData(rows=rows, info={"train": info}, bad_rows=bad)

@@ -48,6 +48,10 @@ class Task:
         """True when the completion's extracted answer equals ``answer``."""
         raise NotImplementedError
 
+    def wrong_answer(self, answer: str, rng: random.Random) -> str:
+        """A plausible but wrong answer (the rejected side of built-in preference pairs)."""
+        raise NotImplementedError
+
     def split_of(self, key: str) -> str:
         """The split a problem belongs to, from a stable hash of its canonical key."""
         digest = hashlib.sha256(f"{self.name}|{key}".encode()).hexdigest()
@@ -192,6 +196,9 @@ class ArithTask(Task):
         got = self.extract(completion)
         return got is not None and got == _normalise_number(answer.strip())
 
+    def wrong_answer(self, answer: str, rng: random.Random) -> str:
+        return str(int(answer) + rng.choice([d for d in range(-10, 11) if d]))
+
 
 # -------------------------------------------------------------------------- reverse
 
@@ -271,6 +278,10 @@ class ReverseTask(Task):
         got = self.extract(completion)
         expected = [_norm_word(w) for w in answer.split(",") if _norm_word(w)]
         return got is not None and got.split(", ") == expected
+
+    def wrong_answer(self, answer: str, rng: random.Random) -> str:
+        # The words in their original order: the classic failure (copying, not reversing).
+        return ", ".join(reversed(answer.split(", ")))
 
 
 # ------------------------------------------------------------------------- registry
