@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,8 +57,12 @@ def _start_tracker(cfg: Config, name: str):
     from tunefleet.tracking import Tracker, flatten_dict
 
     tags = {"tunefleet.run_name": name, "tunefleet.algorithm": cfg.algorithm.type, "tunefleet.model": cfg.model.name}
-    tracker = Tracker.start(cfg.tracking.uri, cfg.tracking.experiment, name, tags=tags,
-                            resume_tag=("tunefleet.run_name", name))
+    try:
+        tracker = Tracker.start(cfg.tracking.uri, cfg.tracking.experiment, name, tags=tags,
+                                resume_tag=("tunefleet.run_name", name))
+    except Exception as err:  # a tracking outage must never stop training
+        warnings.warn(f"MLflow unreachable at start ({err}); this run trains without tracking")
+        return _NoTracker()
     tracker.log_params(flatten_dict(to_dict(cfg)))
     tracker.log_text(dump_yaml(cfg), "config.yaml")
     return tracker
