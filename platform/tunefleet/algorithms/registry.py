@@ -6,12 +6,21 @@ from __future__ import annotations
 from typing import Callable
 
 from tunefleet.algorithms.base import LossInputs, LossOutput
+from tunefleet.algorithms.preference import cdpo_loss, dpo_loss, ipo_loss, kto_loss, orpo_loss, simpo_loss
+from tunefleet.algorithms.reward import reward_model_loss
 from tunefleet.algorithms.sft import sft_loss
 
 LossFn = Callable[[LossInputs, object], LossOutput]
 
 LOSSES: dict[str, LossFn] = {
     "sft": sft_loss,
+    "dpo": dpo_loss,
+    "cdpo": cdpo_loss,
+    "ipo": ipo_loss,
+    "simpo": simpo_loss,
+    "orpo": orpo_loss,
+    "kto": kto_loss,
+    "reward_model": reward_model_loss,
 }
 
 

@@ -21,6 +21,9 @@ from tunefleet.config.schema import (
     TrackingConfig,
     TrainerConfig,
 )
+from tunefleet.config.preference import PREFERENCE_CONFIGS
+
+ALGORITHM_CONFIGS.update(PREFERENCE_CONFIGS)
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:

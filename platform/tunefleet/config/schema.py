@@ -91,7 +91,8 @@ class SftConfig(AlgorithmConfig):
     type: Literal["sft"] = "sft"
 
 
-# The explicit registry of algorithm sections (tag -> config class).
+# The explicit registry of algorithm sections (tag -> config class); the preference
+# variants live in config/preference.py, which config/__init__.py adds here.
 ALGORITHM_CONFIGS: dict[str, type] = {"sft": SftConfig}
 AlgorithmConfig.TAGGED_UNION = ALGORITHM_CONFIGS
 

@@ -35,7 +35,7 @@ BROKEN = [
     ("unknown key", GOOD + "trainer2: {}\n", [], "trainer2", "did you mean 'trainer'"),
     ("near-miss key", GOOD, ["trainer.max_step=3"], "trainer.max_step", "did you mean 'max_steps'"),
     ("wrong type", GOOD, ["trainer.num_workers=two"], "trainer.num_workers", "expected int"),
-    ("bad enum", GOOD, ["algorithm.type=dpx"], "algorithm.type", "allowed: sft"),
+    ("bad enum", GOOD, ["algorithm.type=dpx"], "algorithm.type", "did you mean 'dpo'"),
     ("bad enum literal", GOOD, ["trainer.lr_schedule=cosin"], "trainer.lr_schedule", "did you mean 'cosine'"),
     ("negative lr", GOOD, ["trainer.lr=-0.1"], "trainer.lr", "> 0"),
     ("missing model", "data: {task: arith}\n", [], "model", "missing required field"),
