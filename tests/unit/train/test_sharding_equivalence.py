@@ -20,8 +20,9 @@ def _rows(kind: str):
         ids = torch.randint(0, 256, (plen + rlen,), generator=g).tolist()
         return {"input_ids": ids, "loss_mask": [0] * plen + [1] * rlen}
 
-    if kind == "pairs":
-        return [{"chosen": seq(4 + i, 3 + i), "rejected": seq(4 + i, 5)} for i in range(4)]
+    if kind == "pairs":  # with precomputed reference sums, as reference.mode=precompute gives
+        return [{"chosen": {**seq(4 + i, 3 + i), "ref_seq_logps": -20.0 - i},
+                 "rejected": {**seq(4 + i, 5), "ref_seq_logps": -22.0 + i}} for i in range(4)]
     return [seq(5 + i, 3 + 2 * i) for i in range(4)]
 
 
@@ -66,8 +67,9 @@ def _free_port():
 def _algorithms():
     from tunefleet.config import ALGORITHM_CONFIGS
 
-    # Reference-free algorithms only: a live reference would need its own copy here.
-    return [cls() for cls in ALGORITHM_CONFIGS.values() if not cls.NEEDS_REFERENCE and not cls.VALUE_HEAD]
+    # Live-reference-only methods (KTO) and value heads are covered by their own tests.
+    return [cls() for cls in ALGORITHM_CONFIGS.values()
+            if "precompute" in cls.REFERENCE_MODES and not cls.VALUE_HEAD]
 
 
 @pytest.mark.parametrize("algo", _algorithms(), ids=lambda a: a.type)
