@@ -115,12 +115,29 @@ def to_kto_example(row: dict) -> KtoExample:
     return KtoExample(ex.prompt, ex.response, row["label"])
 
 
+def _fit(seq: dict, keep_prompt: int, keep_response: int) -> dict:
+    start = seq["loss_mask"].index(1)
+    lo, hi = max(0, start - keep_prompt), start + keep_response
+    return {"input_ids": seq["input_ids"][lo:hi], "loss_mask": seq["loss_mask"][lo:hi]}
+
+
 def tokenize_pair(tokenizer, ex: PreferenceExample, max_length: int) -> dict | None:
-    """{"chosen": {input_ids, loss_mask}, "rejected": {...}} or None if either loses its
-    whole response to truncation."""
-    c = tokenize_sft(tokenizer, SftExample(ex.prompt, ex.chosen), max_length)
-    r = tokenize_sft(tokenizer, SftExample(ex.prompt, ex.rejected), max_length)
-    return None if c is None or r is None else {"chosen": c, "rejected": r}
+    """{"chosen": {input_ids, loss_mask}, "rejected": {...}}, both within max_length.
+
+    Long dialogues lose the *start* of the prompt (the latest turns matter most for the
+    response) and responses are cut to at most half of max_length, so that the two
+    responses are always compared after the same context. None when nothing is left."""
+    c = tokenize_sft(tokenizer, SftExample(ex.prompt, ex.chosen), 10**9)
+    r = tokenize_sft(tokenizer, SftExample(ex.prompt, ex.rejected), 10**9)
+    if c is None or r is None:
+        return None
+    p_len = c["loss_mask"].index(1)
+    longest = max(len(c["input_ids"]), len(r["input_ids"])) - p_len
+    if p_len + longest <= max_length:
+        return {"chosen": c, "rejected": r}
+    keep_response = min(longest, max_length // 2)
+    keep_prompt = max_length - keep_response
+    return {"chosen": _fit(c, keep_prompt, keep_response), "rejected": _fit(r, keep_prompt, keep_response)}
 
 
 def tokenize_kto(tokenizer, ex: KtoExample, max_length: int) -> dict | None:

@@ -76,28 +76,32 @@ def _task_eval(cfg: Config, model_dir: str, tokenizer, problems):
         model = load_trained(model_dir, export_dir, cfg.model.lora is not None, cfg.model.dtype)
         res = task_accuracy(model, tokenizer, get_task(cfg.data.task), problems, cfg.eval.max_new_tokens,
                             cfg.eval.batch_size, label=label)
-        return res.accuracy, {"accuracy": res.accuracy, "samples": res.samples}
+        return {"accuracy": res.accuracy}, {"accuracy": res.accuracy, "samples": res.samples}
 
-    return "accuracy", run
+    return run
 
 
 def _preference_eval(cfg: Config, model_dir: str, tokenizer):
     from tunefleet.data.prepare import read_tokenized
-    from tunefleet.eval.preference import load_scorer, preference_accuracy
+    from tunefleet.eval.preference import load_scorer, pair_stats, preference_metrics
 
     pairs, _, _ = read_tokenized(cfg.data.eval_path, "pairs", cfg.data, tokenizer)
+    base: dict[str, tuple] = {}
 
     def run(export_dir: str | None, label: str):
         scorer = load_scorer(model_dir, export_dir, cfg.model.lora is not None, cfg.algorithm.VALUE_HEAD,
                              cfg.model.dtype)
-        acc = preference_accuracy(scorer, pairs, tokenizer.pad_token_id, cfg.reference.batch_size, label)
-        return acc, {"preference_accuracy": acc, "pairs": len(pairs)}
+        stats = pair_stats(scorer, pairs, tokenizer.pad_token_id, cfg.reference.batch_size, label)
+        if export_dir is None and not cfg.algorithm.VALUE_HEAD:
+            base["stats"] = stats  # the starting model: the reference of implicit rewards
+        metrics = preference_metrics(*stats, base.get("stats") if export_dir else None)
+        return metrics, {**metrics, "pairs": len(pairs)}
 
-    return "preference_accuracy", run
+    return run
 
 
 def _evaluator(cfg: Config, model_dir: str, tokenizer, data):
-    """(metric name, fn(export_dir | None, label) -> (value, details)) or None."""
+    """fn(export_dir | None, label) -> (metrics, details), or None."""
     if data.eval_problems:
         return _task_eval(cfg, model_dir, tokenizer, data.eval_problems)
     if cfg.data.eval_path and cfg.algorithm.BATCH == "pairs":
@@ -108,12 +112,12 @@ def _evaluator(cfg: Config, model_dir: str, tokenizer, data):
 def _evaluate(evaluator, export_dir: str | None, label: str, tracker, step: int) -> dict[str, float]:
     if evaluator is None:
         return {}
-    name, run = evaluator
-    value, details = run(export_dir, label)
-    print(f"[{label}] {name} {value:.3f}", flush=True)
-    tracker.log_metrics({f"eval/{name}_{label}": value}, step=step)
+    metrics, details = evaluator(export_dir, label)
+    print(f"[{label}] " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()), flush=True)
+    named = {f"eval/{k}_{label}": v for k, v in metrics.items()}
+    tracker.log_metrics(named, step=step)
     tracker.log_dict(details, f"eval/{label}.json")
-    return {f"eval/{name}_{label}": value}
+    return named
 
 
 def _precompute(cfg: Config, model_dir: str, tokenizer, data) -> None:

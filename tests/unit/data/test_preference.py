@@ -88,3 +88,16 @@ def test_kto_mismatched_pairs_swap_completions(chat_tokenizer):
     assert sum(mm[0]["loss_mask"]) == sum(rows[1]["loss_mask"])
     batch = BATCHERS["kto"].collate(rows, 0)
     assert batch["extras"]["kto_label"].tolist() == [1.0, 1.0] and "kl" in batch["aux"]
+
+
+def test_long_pairs_keep_the_latest_context(chat_tokenizer):
+    prompt = [{"role": "user", "content": "x" * 300}, {"role": "assistant", "content": "ok"},
+              {"role": "user", "content": "last question?"}]
+    ex = to_preference_example({"prompt": prompt, "chosen": "yes " * 40, "rejected": "no"})
+    pair = tokenize_pair(chat_tokenizer, ex, 128)
+    for side in ("chosen", "rejected"):
+        assert len(pair[side]["input_ids"]) <= 128 and sum(pair[side]["loss_mask"]) > 0
+    text = chat_tokenizer.decode(pair["rejected"]["input_ids"])
+    assert "last question?" in text and text.rstrip().endswith(("no<|im_end|>", "no"))
+    n = pair["chosen"]["loss_mask"].index(1)
+    assert pair["chosen"]["input_ids"][:n] == pair["rejected"]["input_ids"][:n]
