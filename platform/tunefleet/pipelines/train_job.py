@@ -128,7 +128,7 @@ def _precompute(cfg: Config, model_dir: str, tokenizer, data) -> None:
 
     path = precompute_reference(data.rows, model_dir, tokenizer.pad_token_id, data.info["train"]["digest"],
                                 cfg.data.max_length, cfg.model.dtype, cfg.reference.batch_size,
-                                tunefleet_home() / "refcache")
+                                tunefleet_home() / "refcache", bf16=cfg.trainer.bf16)
     print(f"[reference] log-probs cached at {path}", flush=True)
 
 

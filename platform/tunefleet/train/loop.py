@@ -54,13 +54,20 @@ def _setup(cfg: Config, model_dir: str, rank: int, world: int) -> StepContext:
     if algo.NEEDS_REFERENCE and cfg.reference.mode == "live":
         from tunefleet.train.reference import live_reference
 
-        reference = live_reference(cfg, model_dir, policy, device, world)
+        reference = live_reference(model_dir, policy, device, world, cfg.model.dtype, t.bf16)
     return StepContext(policy, optimizer, scheduler, get_loss(algo.type), algo, device, world,
                        t.max_grad_norm, t.bf16, reference)
 
 
-def _batches(rows: list[dict], idx: list[list[int]], batcher, pad_id: int) -> list[dict]:
-    return [batcher.collate([rows[i] for i in chunk], pad_id) for chunk in idx]
+def _plan_step(rows: list[dict], global_idx: list[int], rank: int, world: int, micro: int, batcher,
+               pad_id: int) -> tuple[list[dict], int, int]:
+    """This rank's collated micro-batches, and the global target-token and sequence counts
+    every loss normalises by (so the result does not depend on how the batch is split)."""
+    batch_rows = [rows[i] for i in global_idx]
+    num_tokens = count_targets(batcher.collate(batch_rows, pad_id))
+    mine = [batcher.collate([rows[i] for i in chunk], pad_id)
+            for chunk in rank_micro_batches(global_idx, rank, world, micro)]
+    return mine, num_tokens, batcher.sequences(batch_rows)
 
 
 class _Reporter:
@@ -133,14 +140,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     metrics: dict[str, float] = {}
     for step in range(start, t.max_steps):
         tick = time.perf_counter()
-        global_idx = order.batch(step, t.batch_size)
-        everyone = _batches(rows, [global_idx[i:i + t.micro_batch_size]
-                                   for i in range(0, len(global_idx), t.micro_batch_size)], batcher,
-                            loop_config["pad_id"])
-        num_tokens = sum(count_targets(b) for b in everyone)
-        mine = _batches(rows, rank_micro_batches(global_idx, rank, world, t.micro_batch_size), batcher,
-                        loop_config["pad_id"])
-        metrics = train_step(ctx, mine, num_tokens, batcher.sequences([rows[i] for i in global_idx]))
+        mine, num_tokens, num_seqs = _plan_step(rows, order.batch(step, t.batch_size), rank, world,
+                                                t.micro_batch_size, batcher, loop_config["pad_id"])
+        metrics = train_step(ctx, mine, num_tokens, num_seqs)
         elapsed = time.perf_counter() - tick
         metrics["tokens_per_s"] = metrics.pop("real_tokens") / elapsed
         metrics["step_time_s"] = elapsed

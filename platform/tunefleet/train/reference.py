@@ -23,21 +23,22 @@ from tunefleet.models.policy import IGNORE
 from tunefleet.train.step import run_model
 
 
-def live_reference(cfg, model_dir: str, policy, device: torch.device, world: int) -> Callable[[dict], torch.Tensor]:
+def live_reference(model_dir: str, policy, device: torch.device, world: int, dtype: str,
+                   bf16: bool) -> Callable[[dict], torch.Tensor]:
     """A function from collated sequences to reference per-token log-probs [B, T]."""
     if policy.is_lora:
         module = policy.module
 
         def ref(seqs: dict) -> torch.Tensor:
             with module.lm.disable_adapter():
-                return run_model(module, seqs, device, cfg.trainer.bf16)
+                return run_model(module, seqs, device, bf16)
 
         return ref
     from tunefleet.models.policy import build_policy
 
-    frozen = build_policy(model_dir, cfg.model.dtype, None, device, world, trainable=False)
+    frozen = build_policy(model_dir, dtype, None, device, world, trainable=False)
     frozen.module.eval()
-    return lambda seqs: run_model(frozen.module, seqs, device, cfg.trainer.bf16)
+    return lambda seqs: run_model(frozen.module, seqs, device, bf16)
 
 
 def _sequences(rows: list[dict]) -> list[dict]:
@@ -48,18 +49,20 @@ def _sequences(rows: list[dict]) -> list[dict]:
     return out
 
 
-def cache_key(model_dir: str, data_digest: str, max_length: int, dtype: str) -> str:
+def cache_key(model_dir: str, data_digest: str, max_length: int, dtype: str, bf16: bool = False) -> str:
     """Model identity (config + weight file sizes and mtimes) + data digest + settings."""
     d = Path(model_dir)
     weights = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in d.glob("*.safetensors"))
     ident = {"config": (d / "config.json").read_text(), "weights": weights, "data": data_digest,
-             "max_length": max_length, "dtype": dtype}
+             "max_length": max_length, "dtype": dtype, "bf16": bf16}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
 
 
 @torch.no_grad()
-def sequence_logps(model_dir: str, seqs: list[dict], pad_id: int, dtype: str, batch_size: int) -> list[float]:
-    """Sum of response-token log-probs of each tokenized sequence under the base model."""
+def sequence_logps(model_dir: str, seqs: list[dict], pad_id: int, dtype: str, batch_size: int,
+                   bf16: bool = False) -> list[float]:
+    """Sum of response-token log-probs of each tokenized sequence under the base model.
+    `bf16`: the same autocast as training, so that at step 0 policy == reference exactly."""
     from tunefleet.data.tokenize import collate
     from tunefleet.models.policy import build_policy
 
@@ -68,7 +71,7 @@ def sequence_logps(model_dir: str, seqs: list[dict], pad_id: int, dtype: str, ba
     out, t0 = [], time.monotonic()
     for i in range(0, len(seqs), batch_size):
         batch = collate(seqs[i:i + batch_size], pad_id)
-        logps = run_model(policy.module, batch, torch.device("cpu"), False)
+        logps = run_model(policy.module, batch, torch.device("cpu"), bf16)
         out.extend((logps * (batch["labels"] != IGNORE)).sum(-1).tolist())
         if (i // batch_size) % 10 == 0 or len(out) == len(seqs):
             rate = len(out) / max(time.monotonic() - t0, 1e-9)
@@ -78,14 +81,14 @@ def sequence_logps(model_dir: str, seqs: list[dict], pad_id: int, dtype: str, ba
 
 
 def precompute_reference(rows: list[dict], model_dir: str, pad_id: int, data_digest: str, max_length: int,
-                         dtype: str, batch_size: int, cache_dir: Path) -> Path:
+                         dtype: str, batch_size: int, cache_dir: Path, bf16: bool = False) -> Path:
     """Fill `ref_seq_logps` on every sequence of `rows` (in place), from the Arrow cache
     when the same model and data were scored before. Returns the cache file."""
     import pyarrow as pa
     import pyarrow.ipc as ipc
 
     seqs = _sequences(rows)
-    path = Path(cache_dir) / f"ref-{cache_key(model_dir, data_digest, max_length, dtype)}.arrow"
+    path = Path(cache_dir) / f"ref-{cache_key(model_dir, data_digest, max_length, dtype, bf16)}.arrow"
     values = None
     if path.is_file():
         with ipc.open_file(path) as f:
@@ -93,7 +96,7 @@ def precompute_reference(rows: list[dict], model_dir: str, pad_id: int, data_dig
         if len(values) != len(seqs):
             values = None  # stale or foreign cache: recompute
     if values is None:
-        values = sequence_logps(model_dir, seqs, pad_id, dtype, batch_size)
+        values = sequence_logps(model_dir, seqs, pad_id, dtype, batch_size, bf16)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         with ipc.new_file(tmp, pa.schema([("ref_seq_logps", pa.float64())])) as w:
