@@ -11,10 +11,7 @@ from typing import ClassVar, Literal
 
 from tunefleet.config.loader import check
 from tunefleet.config.schema import AlgorithmConfig
-
-
-def _p(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
+from tunefleet.config.schema import _p  # dotted path of a field
 
 
 @dataclass(frozen=True)
