@@ -2,11 +2,12 @@
 cache is shared (converting SmolLM2 once per machine, not once per test)."""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for tf_testutil
 
 
 @pytest.fixture
@@ -20,11 +21,3 @@ def home(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNEFLEET_HOME", str(h))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return h
-
-
-def shared_path(*parts: str) -> Path:
-    """A path under ../shared, or skip the test with a clear reason when it is absent."""
-    p = SHARED.joinpath(*parts)
-    if not p.exists():
-        pytest.skip(f"{p} is absent (../shared is only on developer/CI machines)")
-    return p

@@ -13,10 +13,3 @@ def ray_cluster():
     init_ray(num_cpus=2)
     yield ray
     ray.shutdown()
-
-
-def metric_history(tracking_uri: str, run_id: str, key: str) -> dict[int, float]:
-    """step -> value of one metric of an MLflow run (last value wins per step)."""
-    from mlflow.tracking import MlflowClient
-
-    return {m.step: m.value for m in MlflowClient(tracking_uri).get_metric_history(run_id, key)}

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import metric_history
+from tf_testutil import metric_history
 
 from tunefleet.config import load_config
 from tunefleet.pipelines.train_job import run_train_job

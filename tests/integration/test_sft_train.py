@@ -1,7 +1,7 @@
 """SFT through the real stack: Ray Train workers, FSDP2, checkpoints, MLflow."""
 
 import pytest
-from conftest import metric_history
+from tf_testutil import metric_history
 from mlflow.tracking import MlflowClient
 
 from tunefleet.config import load_config
