@@ -58,15 +58,15 @@ def main() -> int:
     ap.add_argument("--heldout", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--max-length", type=int, default=192)
+    ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--methods", default="dpo,simpo,reward_model")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if not HH.is_file():
         print(f"SKIP: {HH} is absent (../shared is only on developer/CI machines)")
         return 0
-    extra = {"dpo": ["trainer.lr=1e-4", "algorithm.beta=0.1"], "simpo": ["trainer.lr=1e-4"],
-             "reward_model": ["trainer.lr=1e-4", "model.lora.r=16"]}
+    extra = {"dpo": ["trainer.lr=5e-4", "algorithm.beta=0.1"], "simpo": ["trainer.lr=5e-4"],
+             "reward_model": ["trainer.lr=5e-4", "model.lora.r=16"]}
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         train, held = split_pairs(args.train, args.heldout, Path(tmp))

@@ -62,3 +62,17 @@ def test_live_lora_reference_is_the_adapter_disabled_model(tiny):
     # A fresh LoRA adapter is a no-op (B = 0), so policy == reference at step 0.
     m = _dpo_step(tiny, _pairs(), lora=LoraConfig(r=4, alpha=8), live=True)
     assert math.isclose(m["loss"], math.log(2), abs_tol=1e-5)
+
+
+def test_dpo_steps_move_the_margin_the_right_way(tiny, tmp_path):
+    rows = _pairs()
+    precompute_reference(rows, tiny, 0, "digest-2", 64, "float32", 4, tmp_path)
+    torch.manual_seed(0)
+    policy = build_policy(tiny, "float32", LoraConfig(r=4, alpha=8), torch.device("cpu"), 1)
+    opt = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    ctx = StepContext(policy, opt, sched, get_loss("dpo"), DpoConfig(beta=0.1), torch.device("cpu"), 1, 1.0, False)
+    batch = BATCHERS["pairs"].collate(rows, 0)
+    history = [train_step(ctx, [batch], count_targets(batch), len(rows)) for _ in range(8)]
+    assert history[-1]["loss"] < history[0]["loss"] - 0.05
+    assert history[-1]["rewards/margin"] > 0 and history[-1]["accuracy"] == 1.0
