@@ -111,6 +111,23 @@ def _checkpoint(ctx: StepContext, step: int, rank: int, metrics: dict, model_dir
                          checkpoint_dir_name=f"checkpoint_{step:06d}")
 
 
+def _resume(ctx: StepContext, checkpoint, rank: int) -> int:
+    """Load the newest checkpoint that verifies (a corrupt newest one falls back to the one
+    before, with a warning). Returns the step to continue from."""
+    from tunefleet.train.state import load_training_state, newest_valid
+
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as d:
+        path = newest_valid(Path(d))
+        if path is None:
+            raise RuntimeError(f"no checkpoint under {Path(d).parent} passes verification")
+        step = load_training_state(path, ctx.policy, ctx.optimizer, ctx.scheduler)["step"]
+    if rank == 0:
+        print(f"[train] resumed from {path.name} at step {step}", flush=True)
+    return step
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     """Ray Train entry point. loop_config: config (dict), model_dir, data_ref (ObjectRef of
     tokenized rows), pad_id, tracking_uri, run_id."""
@@ -118,7 +135,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
 
     from tunefleet.data.batching import BATCHERS
-    from tunefleet.train.state import load_training_state
 
     cfg = config_from_dict(loop_config["config"])
     batcher = BATCHERS[cfg.algorithm.BATCH]
@@ -126,13 +142,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     rank, world = tctx.get_world_rank(), tctx.get_world_size()
     rows = ray.get(loop_config["data_ref"])
     ctx = _setup(cfg, loop_config["model_dir"], rank, world)
-    start = 0
-    resume = ray.train.get_checkpoint()
-    if resume is not None:
-        with resume.as_directory() as d:
-            start = load_training_state(Path(d), ctx.policy, ctx.optimizer, ctx.scheduler)["step"]
-        if rank == 0:
-            print(f"[train] resumed from checkpoint at step {start}", flush=True)
+    start = _resume(ctx, ray.train.get_checkpoint(), rank)
     t = cfg.trainer
     order = GlobalOrder(len(rows), t.seed)
     status = StatusLine(t.max_steps, t.status_every_s, start_step=start)

@@ -17,7 +17,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from tunefleet.models.checkpoint import verify
+from tunefleet.models.checkpoint import CheckpointError, verify
 from tunefleet.models.policy import Policy
 
 WEIGHTS, OPTIM, STATE, RNG = "weights.safetensors", "optimizer.pt", "state.json", "rng.pt"
@@ -61,3 +61,19 @@ def load_training_state(directory: Path, policy: Policy, optimizer, scheduler) -
     torch.set_rng_state(rng["torch"])
     random.setstate(rng["python"])
     return state
+
+
+def newest_valid(latest: Path) -> Path | None:
+    """`latest` if it verifies, else the newest sibling `checkpoint_*` directory that does,
+    with a warning naming what was skipped and why. None if no checkpoint verifies."""
+    import warnings
+
+    candidates = [latest] + sorted((p for p in latest.parent.glob("checkpoint_*") if p.is_dir() and p != latest),
+                                   key=lambda p: p.name, reverse=True)
+    for path in candidates:
+        try:
+            verify(path)
+            return path
+        except CheckpointError as err:
+            warnings.warn(f"skipping unusable checkpoint: {err}")
+    return None

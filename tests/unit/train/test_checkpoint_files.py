@@ -38,3 +38,17 @@ def test_verify_names_the_damage(tmp_path, damage, match):
     damage(final)
     with pytest.raises(CheckpointError, match=match):
         verify(final)
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path):
+    from tunefleet.train.state import newest_valid
+
+    old = atomic_dir(tmp_path / "checkpoint_000002", _fill)
+    new = atomic_dir(tmp_path / "checkpoint_000004", _fill)
+    assert newest_valid(new) == new
+    (new / "weights.bin").write_bytes(b"\x07" * 100)
+    with pytest.warns(UserWarning, match="checkpoint_000004.*sha256"):
+        assert newest_valid(new) == old
+    (old / "state.json").unlink()
+    with pytest.warns(UserWarning):
+        assert newest_valid(new) is None
