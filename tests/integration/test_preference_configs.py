@@ -42,3 +42,20 @@ def test_preference_file_with_heldout_pairs_and_live_reference(ray_cluster, home
     assert 0.0 <= result.metrics["eval/preference_accuracy_before"] <= 1.0
     assert "eval/preference_accuracy_after" in result.metrics
     assert result.metrics["loss"] > 0
+
+
+def test_reward_model_scores_rows_into_parquet(ray_cluster, home, tmp_path):
+    import pyarrow.parquet as pq
+
+    from tunefleet.eval.reward_scorer import score_file
+
+    cfg = load_config(ROOT / "jobs" / "configs" / "reward_model.yaml",
+                      TINY + ["model.lora.r=4", "eval.before=false", f"tracking.uri=sqlite:///{home}/mlflow.db"])
+    result = run_train_job(cfg)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"prompt": "2+2?", "completion": "4"}\n{"prompt": "2+2?", "completion": "5"}\n')
+    out = tmp_path / "rewards.parquet"
+    assert score_file(str(Path(result.checkpoint) / "export"), str(rows), str(out)) == 2
+    table = pq.read_table(out)
+    assert table.column_names == ["prompt", "response", "reward"] and table.num_rows == 2
+    assert all(isinstance(v, float) for v in table.column("reward").to_pylist())
