@@ -51,3 +51,9 @@ def test_no_algorithm_name_branching_outside_algorithms():
         text = path.read_text()
         for name in ("sft", "dpo", "grpo", "rloo", "simpo", "orpo", "kto", "spin"):
             assert f'== "{name}"' not in text and f"== '{name}'" not in text, f"{path} branches on {name}"
+
+
+def test_test_file_names_are_unique():
+    # Test folders have no __init__.py, so two test files with one basename collide in pytest.
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
