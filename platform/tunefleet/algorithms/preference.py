@@ -16,7 +16,9 @@ from tunefleet.algorithms.base import LossInputs, LossOutput, sequence_sum
 
 
 def split_pairs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[2b, ...] -> (chosen [b, ...], rejected [b, ...])."""
+    """[2b, ...] -> (chosen [b, ...], rejected [b, ...]); an odd row count is a layout bug."""
+    if x.shape[0] % 2:
+        raise ValueError(f"pairwise batch needs an even number of rows (chosen then rejected), got {x.shape[0]}")
     b = x.shape[0] // 2
     return x[:b], x[b:]
 

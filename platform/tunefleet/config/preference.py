@@ -80,6 +80,8 @@ class KtoConfig(AlgorithmConfig):
     NEEDS_REFERENCE: ClassVar[bool] = True
     # The KL baseline scores mismatched pairs formed per batch: no pass can precompute them.
     REFERENCE_MODES: ClassVar[tuple[str, ...]] = ("live",)
+    # The KL baseline pairs each prompt with another row's completion in the micro-batch.
+    MIN_MICRO_BATCH: ClassVar[int] = 2
     type: Literal["kto"] = "kto"
     beta: float = 0.1
     desirable_weight: float = 1.0

@@ -81,6 +81,7 @@ class AlgorithmConfig:
     NEEDS_REFERENCE: ClassVar[bool] = False  # reference log-probs (reference.mode)
     REFERENCE_MODES: ClassVar[tuple[str, ...]] = ("precompute", "live")
     VALUE_HEAD: ClassVar[bool] = False  # scalar head instead of token log-probs
+    MIN_MICRO_BATCH: ClassVar[int] = 1  # rows a micro-batch needs (KTO pairs rows with each other)
     type: str = ""
 
 
@@ -228,6 +229,9 @@ class Config:
         if self.algorithm.NEEDS_REFERENCE and self.reference.mode not in modes:
             raise ConfigError("reference.mode", f"bad value {self.reference.mode!r} for algorithm.type="
                               f"{self.algorithm.type}; allowed: {', '.join(modes)}")
+        if self.trainer.micro_batch_size < self.algorithm.MIN_MICRO_BATCH:
+            raise ConfigError("trainer.micro_batch_size", f"bad value {self.trainer.micro_batch_size} for "
+                              f"algorithm.type={self.algorithm.type}; allowed: >= {self.algorithm.MIN_MICRO_BATCH}")
         if self.algorithm.BATCH != "single" and self.data.packing:
             raise ConfigError("data.packing", f"bad value True for algorithm.type={self.algorithm.type}; "
                               "allowed: false (packing applies to single-sequence methods)")

@@ -44,6 +44,9 @@ BROKEN = [
     ("batch not divisible", GOOD, ["trainer.batch_size=5"], "trainer.batch_size", "multiple of"),
     ("bad on_bad_row", GOOD, ["data.on_bad_row=ignore"], "data.on_bad_row", "'error' | 'skip'"),
     ("task and path", GOOD, ["data.path=x.jsonl"], "data.task", "exactly one"),
+    ("kto micro-batch", GOOD, ["algorithm.type=kto", "reference.mode=live", "trainer.micro_batch_size=1",
+                               "trainer.batch_size=2"], "trainer.micro_batch_size", ">= 2"),
+    ("kto precompute", GOOD, ["algorithm.type=kto"], "reference.mode", "allowed: live"),
 ]
 
 
