@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 GSM8K_PATH = Path("/work/shared/data/gsm8k/train.jsonl")
+HH_HARMLESS_PATH = Path("/work/shared/data/hh-rlhf-harmless/test.jsonl.gz")
 
 # Both sides of a comparison get the same thread settings; OMP/MKL are read at import time,
 # so they must be set in the environment of the subprocess, not only via torch.set_num_threads.
@@ -126,3 +127,61 @@ def trl_row(example) -> dict:
     """An SftExample as a TRL conversational prompt/completion row (completion-only loss)."""
     return {"prompt": [dict(m) for m in example.prompt],
             "completion": [{"role": "assistant", "content": example.response}]}
+
+
+def preference_rows(data: str, n: int, hh_path: Path = HH_HARMLESS_PATH) -> list[dict]:
+    """Up to `n` raw preference rows, deterministic: hh-rlhf harmless in file order (whole
+    dialogues), or generated arith pairs (chosen = right answer, rejected = a wrong one)."""
+    if data == "arith":
+        from tunefleet.config.schema import DataConfig
+        from tunefleet.data.prepare import task_preference_rows
+
+        cfg = DataConfig(task="arith", level=2, num_train=n, num_eval=0, seed=0)
+        return task_preference_rows(cfg, "pairs")[0]
+    import gzip
+
+    rows = []
+    with gzip.open(hh_path, "rt", encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                rows.append(json.loads(line))
+            if len(rows) == n:
+                break
+    return rows
+
+
+def preference_pairs(tokenizer, data: str, n: int, max_length: int, max_prompt: int, spare: int = 0,
+                     hh_path: Path = HH_HARMLESS_PATH):
+    """Return (examples, tokenized pairs) for the first `n` valid preference rows that fit
+    WITHOUT truncation: prompt <= `max_prompt` tokens and both sequences <= max_length - spare.
+
+    Nothing is ever cut, so the frameworks' different truncation rules never come into play
+    and both sides can see the same tokens. `spare` leaves room for tokens another
+    framework's tokenization adds (TRL keeps ChatML's newline after the final end-of-turn).
+    """
+    from tunefleet.data.preference import preference_row_problem, to_preference_example, tokenize_pair
+
+    ask = 4 * n
+    while True:  # one pass unless most rows are too long
+        rows = preference_rows(data, ask, hh_path)
+        examples, pairs = [], []
+        for row in rows:
+            if preference_row_problem(row) is not None:
+                continue
+            ex = to_preference_example(row)
+            whole = tokenize_pair(tokenizer, ex, 10**9)  # untruncated, to see what fits
+            if whole is None:
+                continue
+            prompt_len = whole["chosen"]["loss_mask"].index(1)
+            longest = max(len(whole["chosen"]["input_ids"]), len(whole["rejected"]["input_ids"]))
+            if prompt_len <= max_prompt and longest <= max_length - spare:
+                pair = tokenize_pair(tokenizer, ex, max_length)  # what training uses: the same
+                assert pair == whole, "tokenize_pair cut a pair that fits"
+                examples.append(ex)
+                pairs.append(pair)
+                if len(pairs) == n:
+                    return examples, pairs
+        if len(rows) < ask:  # the source is exhausted
+            raise SystemExit(f"only {len(pairs)} {data} pairs fit in {max_length} tokens "
+                             f"(prompt <= {max_prompt}); the run needs {n}")
+        ask *= 2
