@@ -25,6 +25,11 @@ class ConfigError(ValueError):
         super().__init__(f"{path}: {message}" if path else message)
 
 
+def dotted(path: str, name: str) -> str:
+    """The dotted path of field `name` inside section `path` ("" at the top level)."""
+    return f"{path}.{name}" if path else name
+
+
 def check(cond: bool, path: str, value: Any, allowed: str) -> None:
     """Raise ConfigError for `path` unless `cond`; used by `__post_init__` validators."""
     if not cond:
