@@ -8,6 +8,7 @@ from typing import Callable
 from tunefleet.algorithms.base import LossInputs, LossOutput
 from tunefleet.algorithms.preference import cdpo_loss, dpo_loss, ipo_loss, kto_loss, orpo_loss, simpo_loss
 from tunefleet.algorithms.reward import reward_model_loss
+from tunefleet.algorithms.rl import policy_loss
 from tunefleet.algorithms.sft import sft_loss
 
 LossFn = Callable[[LossInputs, object], LossOutput]
@@ -21,6 +22,10 @@ LOSSES: dict[str, LossFn] = {
     "orpo": orpo_loss,
     "kto": kto_loss,
     "reward_model": reward_model_loss,
+    # Online RL: one clipped policy loss; the methods differ in their advantages (rl.py).
+    "grpo": policy_loss,
+    "rloo": policy_loss,
+    "reinforce_pp": policy_loss,
 }
 
 

@@ -22,8 +22,12 @@ from tunefleet.config.schema import (
     TrainerConfig,
 )
 from tunefleet.config.preference import PREFERENCE_CONFIGS
+from tunefleet.config.rewards import BUILTIN_REWARDS, RewardSpec
+from tunefleet.config.rl import RL_CONFIGS
+from tunefleet.config.rollout import RolloutConfig
 
 ALGORITHM_CONFIGS.update(PREFERENCE_CONFIGS)
+ALGORITHM_CONFIGS.update(RL_CONFIGS)
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
@@ -48,7 +52,7 @@ def dump_yaml(cfg: Config) -> str:
 
 
 __all__ = [
-    "ALGORITHM_CONFIGS", "AlgorithmConfig", "CheckpointConfig", "Config", "ConfigError", "DataConfig",
+    "ALGORITHM_CONFIGS", "AlgorithmConfig", "BUILTIN_REWARDS", "RewardSpec", "RolloutConfig", "CheckpointConfig", "Config", "ConfigError", "DataConfig",
     "EvalConfig", "LoraConfig", "ModelConfig", "ReferenceConfig", "RunSection", "SftConfig", "TrackingConfig", "TrainerConfig",
     "config_from_dict", "dump_yaml", "load_config", "parse_yaml", "to_dict",
 ]

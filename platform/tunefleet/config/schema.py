@@ -10,12 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from tunefleet.config.loader import ConfigError, check
+from tunefleet.config.loader import dotted as _p
+from tunefleet.config.rewards import RewardSpec
+from tunefleet.config.rollout import RolloutConfig
 
 BUILTIN_TASKS = ("arith", "reverse")
-
-
-def _p(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
 
 
 @dataclass(frozen=True)
@@ -119,7 +118,7 @@ class TrainerConfig:
     torch_threads: int = 0
     max_failures: int = 0
     status_every_s: float = 10.0
-    fail_at_step: int | None = None  # fault injection for tests: raise after this step's checkpoint
+    fail_at_step: int | None = None  # fault injection for tests: raise after this step (once, not after a resume)
 
     def validate(self, path: str) -> None:
         check(self.num_workers >= 1, _p(path, "num_workers"), self.num_workers, ">= 1")
@@ -188,9 +187,10 @@ class EvalConfig:
 class ReferenceConfig:
     """Reference policy for methods that need one. `precompute`: one pass before training
     stores sequence log-probs (cached by model and data digest); `live`: a frozen copy on
-    each worker (with LoRA: the base model with the adapter disabled, no second copy)."""
+    each worker (with LoRA: the base model with the adapter disabled, no second copy).
+    `null`: the method's default (its first allowed mode; see `Config.reference_mode`)."""
 
-    mode: Literal["precompute", "live"] = "precompute"
+    mode: Literal["precompute", "live"] | None = None
     batch_size: int = 8
 
     def validate(self, path: str) -> None:
@@ -223,15 +223,39 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunSection = field(default_factory=RunSection)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    rewards: tuple[RewardSpec, ...] = ()
+
+    @property
+    def reference_mode(self) -> str | None:
+        """How the reference is provided: `reference.mode`, else the method's default;
+        None when the method needs no reference."""
+        if not self.algorithm.NEEDS_REFERENCE:
+            return None
+        return self.reference.mode or self.algorithm.REFERENCE_MODES[0]
 
     def validate(self, path: str) -> None:
         modes = self.algorithm.REFERENCE_MODES
-        if self.algorithm.NEEDS_REFERENCE and self.reference.mode not in modes:
+        if self.algorithm.NEEDS_REFERENCE and self.reference_mode not in modes:
             raise ConfigError("reference.mode", f"bad value {self.reference.mode!r} for algorithm.type="
                               f"{self.algorithm.type}; allowed: {', '.join(modes)}")
         if self.trainer.micro_batch_size < self.algorithm.MIN_MICRO_BATCH:
             raise ConfigError("trainer.micro_batch_size", f"bad value {self.trainer.micro_batch_size} for "
                               f"algorithm.type={self.algorithm.type}; allowed: >= {self.algorithm.MIN_MICRO_BATCH}")
+        if self.algorithm.BATCH == "rl":
+            self._validate_rl()
         if self.algorithm.BATCH != "single" and self.data.packing:
             raise ConfigError("data.packing", f"bad value True for algorithm.type={self.algorithm.type}; "
                               "allowed: false (packing applies to single-sequence methods)")
+
+    def _validate_rl(self) -> None:
+        algo, t = self.algorithm, self.trainer
+        if t.batch_size % algo.group_size:
+            raise ConfigError("trainer.batch_size", f"bad value {t.batch_size}; allowed: a multiple of "
+                              f"algorithm.group_size = {algo.group_size} (batch_size counts sequences)")
+        if self.data.task is None and not self.rewards:
+            raise ConfigError("rewards", "empty; a data.path dataset needs at least one reward "
+                              "(built-in tasks default to their verifier: [{type: task}])")
+        if algo.max_new_tokens >= self.rollout.max_model_len:
+            raise ConfigError("algorithm.max_new_tokens", f"bad value {algo.max_new_tokens}; allowed: < "
+                              f"rollout.max_model_len = {self.rollout.max_model_len}")

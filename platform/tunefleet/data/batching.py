@@ -9,6 +9,9 @@ and says how many sequences a list of rows counts for loss normalisation.
           normalised per pair. Precomputed reference sums travel as extras["ref_seq_logps"] [2b].
 - kto:    rows with "kto_label"; aux["kl"] pairs each prompt with the next row's completion
           (mismatched pairs estimate KTO's KL baseline).
+- rl:     rollout rows (prompt + sampled response); their per-response-token lists
+          ("advantages", "behaviour_logps", optional "ref_logps") become extras [B, T]
+          aligned with the collated labels.
 """
 
 from __future__ import annotations
@@ -63,8 +66,39 @@ def _kto(rows: list[dict], pad_id: int) -> dict:
     return batch
 
 
+TOKEN_EXTRAS = ("advantages", "behaviour_logps", "ref_logps")
+
+
+def token_columns(rows: list[dict], labels, names=TOKEN_EXTRAS) -> dict:
+    """Scatter each row's per-response-token list (one value per target token, in order)
+    onto the target positions of `labels` [B, T] (labels != -100): -> {name: [B, T]}."""
+    import torch
+
+    sel = labels != -100
+    counts = sel.sum(dim=1).tolist()
+    out = {}
+    for name in names:
+        present = [name in r for r in rows]
+        if not any(present):
+            continue
+        if not all(present):
+            raise ValueError(f"{name}: present in some rows only (rows {present.index(False)} lacks it)")
+        for b, (r, n) in enumerate(zip(rows, counts)):
+            if len(r[name]) != n:  # checked per row: a mismatch would shift every later value
+                raise ValueError(f"{name}: row {b} has {len(r[name])} values for {n} target tokens")
+        flat = [v for r in rows for v in r[name]]
+        out[name] = torch.zeros(labels.shape, dtype=torch.float32).masked_scatter(sel, _float(flat))
+    return out
+
+
+def _rl(rows: list[dict], pad_id: int) -> dict:
+    main = collate(rows, pad_id)
+    return {"main": main, "aux": {}, "extras": token_columns(rows, main["labels"])}
+
+
 BATCHERS: dict[str, Batcher] = {
     "single": Batcher(_single, len),
     "pairs": Batcher(_pairs, len),
     "kto": Batcher(_kto, len),
+    "rl": Batcher(_rl, len),
 }

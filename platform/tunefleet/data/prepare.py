@@ -21,6 +21,7 @@ from tunefleet.data.preference import (
     tokenize_pair,
 )
 from tunefleet.data.readers import BadRow, DataError, read_rows
+from tunefleet.data.rl_prompts import read_prompt_rows, task_prompt_rows
 from tunefleet.data.tasks import DEFAULT_LEVEL, Problem, get_task
 from tunefleet.data.tokenize import pack_examples, tokenize_sft
 
@@ -134,8 +135,27 @@ def task_preference_rows(data_cfg, kind: str) -> tuple[list[dict], list[Problem]
     return raw, evals, {"digest": _digest(raw), "rows": len(raw), "source": source}
 
 
-def prepare_data(data_cfg, batch_kind: str, tokenizer) -> PreparedData:
-    """Training rows for the algorithm's batch kind ("single", "pairs" or "kto")."""
+def prepare_rl(data_cfg, tokenizer, max_prompt_tokens: int) -> PreparedData:
+    """Prompt rows for online RL (data/rl_prompts.py): a built-in task's train split (its
+    eval split is held out for accuracy before/after) or a user file."""
+    if data_cfg.task is not None:
+        train, evals = task_problems(data_cfg)
+        rows = task_prompt_rows(train, data_cfg.task, tokenizer, max_prompt_tokens)
+        if not rows:
+            raise DataError(f"{data_cfg.task}: no prompt fits in {max_prompt_tokens} tokens")
+        source = f"builtin:{data_cfg.task}?level={task_level(data_cfg)}&seed={data_cfg.seed}&kind=prompts"
+        info = {"train": {"digest": _digest([r["prompt"] for r in rows]), "rows": len(rows), "source": source}}
+        return PreparedData(rows=rows, eval_problems=evals, info=info)
+    rows, digest, bad = read_prompt_rows(data_cfg.path, tokenizer, max_prompt_tokens, data_cfg.on_bad_row)
+    return PreparedData(rows=rows, info={"train": {"digest": digest, "rows": len(rows), "source": str(data_cfg.path)}},
+                        bad_rows=bad)
+
+
+def prepare_data(data_cfg, batch_kind: str, tokenizer, max_prompt_tokens: int | None = None) -> PreparedData:
+    """Training rows for the algorithm's batch kind ("single", "pairs", "kto"; "rl": prompt
+    rows of at most `max_prompt_tokens`)."""
+    if batch_kind == "rl":
+        return prepare_rl(data_cfg, tokenizer, max_prompt_tokens or data_cfg.max_length)
     if batch_kind == "single":
         return prepare_sft(data_cfg, tokenizer)
     if data_cfg.task is not None:

@@ -26,6 +26,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from tunefleet.models.tiny import BUILD_VERSION as TINY_VERSION
 from tunefleet.models.tiny import build_tiny_llama
 from tunefleet.paths import models_dir
 
@@ -118,9 +119,18 @@ def resolve_model(name: str) -> Path:
     return _build_alias(name, final)
 
 
+# alias -> build version written into its marker; a cached build of another version is stale.
+BUILD_VERSIONS = {"tiny-llama": TINY_VERSION}
+
+
+def _marker_text(name: str) -> str:
+    return f"ok {BUILD_VERSIONS[name]}\n" if name in BUILD_VERSIONS else "ok\n"
+
+
 def _is_complete(path: Path) -> bool:
-    """True when `path` holds a fully published build."""
-    return (path / COMPLETE_MARKER).is_file()
+    """True when `path` holds a fully published build of the alias's current version."""
+    marker = path / COMPLETE_MARKER
+    return marker.is_file() and marker.read_text() == _marker_text(path.name)
 
 
 def _build_alias(name: str, final: Path) -> Path:
@@ -128,7 +138,7 @@ def _build_alias(name: str, final: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{name}.tmp"))
     try:
         ALIASES[name](tmp)
-        (tmp / COMPLETE_MARKER).write_text("ok\n")
+        (tmp / COMPLETE_MARKER).write_text(_marker_text(name))
         _publish(tmp, final)
     finally:
         # Left behind only if the builder failed or another process won the race.

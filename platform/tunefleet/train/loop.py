@@ -16,10 +16,10 @@ import torch
 
 from tunefleet.algorithms import get_loss
 from tunefleet.config import Config, config_from_dict
-from tunefleet.train.order import GlobalOrder, rank_micro_batches
 from tunefleet.train.progress import StatusLine
 from tunefleet.train.schedule import lr_factor
-from tunefleet.train.step import StepContext, count_targets, train_step
+from tunefleet.train.sources import make_source
+from tunefleet.train.step import StepContext, train_step
 
 
 def pick_device(kind: str) -> torch.device:
@@ -51,23 +51,12 @@ def _setup(cfg: Config, model_dir: str, rank: int, world: int) -> StepContext:
         optimizer, lambda s: lr_factor(s, t.max_steps, t.warmup_steps, t.lr_schedule, t.min_lr_ratio)
     )
     reference = None
-    if algo.NEEDS_REFERENCE and cfg.reference.mode == "live":
+    if cfg.reference_mode == "live":
         from tunefleet.train.reference import live_reference
 
         reference = live_reference(model_dir, policy, device, world, cfg.model.dtype, t.bf16)
     return StepContext(policy, optimizer, scheduler, get_loss(algo.type), algo, device, world,
                        t.max_grad_norm, t.bf16, reference)
-
-
-def _plan_step(rows: list[dict], global_idx: list[int], rank: int, world: int, micro: int, batcher,
-               pad_id: int) -> tuple[list[dict], int, int]:
-    """This rank's collated micro-batches, and the global target-token and sequence counts
-    every loss normalises by (so the result does not depend on how the batch is split)."""
-    batch_rows = [rows[i] for i in global_idx]
-    num_tokens = count_targets(batcher.collate(batch_rows, pad_id))
-    mine = [batcher.collate([rows[i] for i in chunk], pad_id)
-            for chunk in rank_micro_batches(global_idx, rank, world, micro)]
-    return mine, num_tokens, batcher.sequences(batch_rows)
 
 
 class _Reporter:
@@ -89,9 +78,11 @@ class _Reporter:
             self.tracker.flush()
 
 
-def _checkpoint(ctx: StepContext, step: int, rank: int, metrics: dict, model_dir: str | None) -> None:
+def _checkpoint(ctx: StepContext, step: int, rank: int, metrics: dict, model_dir: str | None,
+                extra: dict | None = None) -> None:
     """Collective. Writes the training state (plus `export/` when `model_dir` is given, at
-    the end) and a manifest, then hands the directory to Ray Train, which persists it."""
+    the end) and a manifest, then hands the directory to Ray Train, which persists it.
+    `extra`: the batch source's state (state.json)."""
     import ray.train
 
     from tunefleet.models.checkpoint import write_manifest
@@ -101,7 +92,7 @@ def _checkpoint(ctx: StepContext, step: int, rank: int, metrics: dict, model_dir
     final = model_dir is not None
     with tempfile.TemporaryDirectory(prefix="tunefleet-ckpt-") as tmp:
         d = Path(tmp)
-        save_training_state(d, ctx.policy, ctx.optimizer, ctx.scheduler, step, rank)
+        save_training_state(d, ctx.policy, ctx.optimizer, ctx.scheduler, step, rank, extra)
         if final:
             export_final(d, ctx, rank, model_dir)
         if rank == 0:
@@ -111,60 +102,60 @@ def _checkpoint(ctx: StepContext, step: int, rank: int, metrics: dict, model_dir
                          checkpoint_dir_name=f"checkpoint_{step:06d}")
 
 
-def _resume(ctx: StepContext, checkpoint, rank: int) -> int:
+def _resume(ctx: StepContext, checkpoint, rank: int) -> tuple[int, dict]:
     """Load the newest checkpoint that verifies (a corrupt newest one falls back to the one
-    before, with a warning). Returns the step to continue from."""
+    before, with a warning). Returns the step to continue from and the saved state.json."""
     from tunefleet.train.state import load_training_state, newest_valid
 
     if checkpoint is None:
-        return 0
+        return 0, {}
     with checkpoint.as_directory() as d:
         path = newest_valid(Path(d))
         if path is None:
             raise RuntimeError(f"no checkpoint under {Path(d).parent} passes verification")
-        step = load_training_state(path, ctx.policy, ctx.optimizer, ctx.scheduler)["step"]
+        state = load_training_state(path, ctx.policy, ctx.optimizer, ctx.scheduler)
     if rank == 0:
-        print(f"[train] resumed from {path.name} at step {step}", flush=True)
-    return step
+        print(f"[train] resumed from {path.name} at step {state['step']}", flush=True)
+    return state["step"], state
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
-    """Ray Train entry point. loop_config: config (dict), model_dir, data_ref (ObjectRef of
-    tokenized rows), pad_id, tracking_uri, run_id."""
-    import ray
+    """Ray Train entry point. loop_config: config (dict), model_dir, pad_id, tracking_uri,
+    run_id, and the source's inputs: data_ref (ObjectRef of tokenized rows), or for RL
+    prompts_ref and pool_name (see train/rollout_source.py)."""
     import ray.train
 
-    from tunefleet.data.batching import BATCHERS
-
     cfg = config_from_dict(loop_config["config"])
-    batcher = BATCHERS[cfg.algorithm.BATCH]
     tctx = ray.train.get_context()
     rank, world = tctx.get_world_rank(), tctx.get_world_size()
-    rows = ray.get(loop_config["data_ref"])
     ctx = _setup(cfg, loop_config["model_dir"], rank, world)
-    start = _resume(ctx, ray.train.get_checkpoint(), rank)
+    start, saved = _resume(ctx, ray.train.get_checkpoint(), rank)
     t = cfg.trainer
-    order = GlobalOrder(len(rows), t.seed)
     status = StatusLine(t.max_steps, t.status_every_s, start_step=start)
     reporter = _Reporter(loop_config.get("tracking_uri"), loop_config.get("run_id"), rank)
+    source = make_source(cfg, loop_config, ctx, rank, world, reporter.tracker)
+    source.start(start, saved)
     metrics: dict[str, float] = {}
     for step in range(start, t.max_steps):
         tick = time.perf_counter()
-        mine, num_tokens, num_seqs = _plan_step(rows, order.batch(step, t.batch_size), rank, world,
-                                                t.micro_batch_size, batcher, loop_config["pad_id"])
-        metrics = train_step(ctx, mine, num_tokens, num_seqs)
+        plan = source.plan(step)
+        update_start = time.perf_counter()
+        metrics = train_step(ctx, plan.micro_batches, plan.num_tokens, plan.num_sequences)
+        metrics["update_s"] = time.perf_counter() - update_start
+        done = step + 1
+        metrics.update(plan.metrics)
+        metrics.update(source.after_step(done))
         elapsed = time.perf_counter() - tick
         metrics["tokens_per_s"] = metrics.pop("real_tokens") / elapsed
         metrics["step_time_s"] = elapsed
-        metrics["epoch"] = order.epoch_of(step + 1, t.batch_size)
-        done = step + 1
         reporter.metrics(metrics, step=done)
         if rank == 0:
             status.update(done, metrics)
         every = cfg.checkpoint.every_steps
         if done == t.max_steps or (every and done % every == 0):
             final = done == t.max_steps
-            _checkpoint(ctx, done, rank, metrics, loop_config["model_dir"] if final else None)
-        if t.fail_at_step is not None and done == t.fail_at_step and start < t.fail_at_step:
+            _checkpoint(ctx, done, rank, metrics, loop_config["model_dir"] if final else None, source.state())
+        if t.fail_at_step is not None and done == t.fail_at_step and start == 0:  # once: not after a resume
             raise RuntimeError(f"fault injection: trainer.fail_at_step={t.fail_at_step} reached")
+    source.close()
     reporter.close()

@@ -28,7 +28,8 @@ class StatusLine:
         rate = done / max(now - self.t0, 1e-9)
         eta = (self.total - step) / rate if rate > 0 else float("inf")
         parts = [f"[{self.prefix}] step {step}/{self.total}"]
-        for key in ("loss", "lr", "grad_norm", "tokens_per_s"):
+        # RL steps also show what matters there: reward, accuracy, staleness.
+        for key in ("loss", "reward_mean", "accuracy", "staleness_mean", "lr", "grad_norm", "tokens_per_s"):
             if key in metrics:
                 parts.append(f"{key} {metrics[key]:.4g}")
         parts.append(f"{rate:.2f} step/s" if rate >= 1 else f"{1 / max(rate, 1e-9):.1f} s/step")

@@ -70,7 +70,8 @@ def _loss_inputs(ctx: StepContext, mb: dict, num_tokens: int, num_sequences: int
     extras = dict(mb["extras"])
     out = forward(ctx, main)
     with torch.no_grad():
-        if ctx.reference is not None and "ref_seq_logps" not in extras:
+        # Precomputed reference values (a cache, or an RL pre-pass) are not recomputed.
+        if ctx.reference is not None and "ref_seq_logps" not in extras and "ref_logps" not in extras:
             extras["ref_logps"] = ctx.reference(main)
         for name, seqs in mb["aux"].items():
             aux_mask = (seqs["labels"] != IGNORE).float()

@@ -46,7 +46,7 @@ BROKEN = [
     ("task and path", GOOD, ["data.path=x.jsonl"], "data.task", "exactly one"),
     ("kto micro-batch", GOOD, ["algorithm.type=kto", "reference.mode=live", "trainer.micro_batch_size=1",
                                "trainer.batch_size=2"], "trainer.micro_batch_size", ">= 2"),
-    ("kto precompute", GOOD, ["algorithm.type=kto"], "reference.mode", "allowed: live"),
+    ("kto precompute", GOOD, ["algorithm.type=kto", "reference.mode=precompute"], "reference.mode", "allowed: live"),
 ]
 
 

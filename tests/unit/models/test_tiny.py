@@ -32,7 +32,7 @@ def test_model_shape_and_forward(tmp_path):
     tok = load_tokenizer(tmp_path)
     cfg = model.config
     assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size) == (2, 64, 128)
-    assert (cfg.num_attention_heads, cfg.num_key_value_heads) == (4, 2)
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim) == (2, 1, 32)
     assert cfg.max_position_embeddings == 1024 and not cfg.tie_word_embeddings
     assert cfg.vocab_size == len(tok) == 259
     assert model.generation_config.eos_token_id == tok.eos_token_id

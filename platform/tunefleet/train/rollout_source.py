@@ -1,0 +1,267 @@
+"""RolloutSource: the batches of online RL, for the one training loop (loop.py).
+
+Per step:
+1. rank 0 takes the step's prompts (a seeded global order, so a resumed run continues the
+   same stream), asks the RolloutPool for `group_size` samples each, scores them with the
+   reward functions, optionally drops zero-variance groups and resamples;
+2. rank 0 broadcasts the rows (token ids, behaviour log-probs, rewards) to every rank;
+3. every rank computes the same advantages over the whole batch (if the estimator folds the
+   KL into the reward, a reference pre-pass first, each rank over its own rows);
+4. the loop runs the update; `after_step` gathers the new weights (collective) and rank 0
+   pushes them to the pool: the LoRA adapter only, or full weights.
+
+`rollout.max_staleness >= 1` lets the pool generate step k+1's samples while step k
+updates; samples then are one policy version behind, and the loss's importance ratio uses
+their behaviour log-probs. Every sample carries its policy version.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from tunefleet.algorithms.rl import AdvantageInputs, get_advantage, kl_estimate
+from tunefleet.data.batching import BATCHERS
+from tunefleet.train.order import GlobalOrder, rank_micro_batches
+from tunefleet.train.sources import StepPlan, plan_rows
+from tunefleet.train.step import run_model
+
+RESAMPLE_SEED_OFFSET = 7919  # resampling rounds draw from their own seeded streams
+
+
+def _broadcast(obj, rank: int, world: int):
+    if world == 1:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _all_gather(obj, world: int) -> list:
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+class RolloutSource:
+    """See the module docstring. `reporter`: rank 0's Tracker (or None) for artifacts."""
+
+    def __init__(self, cfg, loop_config: dict, ctx, rank: int, world: int, reporter=None):
+        import ray
+
+        self.cfg, self.algo, self.ctx, self.rank, self.world = cfg, cfg.algorithm, ctx, rank, world
+        self.pad_id, self.tracker = loop_config["pad_id"], reporter
+        self.prompts = ray.get(loop_config["data_ref"])  # prompt rows (data/rl_prompts.py)
+        self.per_step = cfg.trainer.batch_size // self.algo.group_size
+        self.order = GlobalOrder(len(self.prompts), cfg.trainer.seed)
+        self.advantage = get_advantage(self.algo.type)
+        self.version = 0  # the pool's policy version that holds this trainer's weights
+        self._pending: dict[int, object] = {}  # step -> ObjectRef of its rollouts (generate-ahead)
+        self.pool = self.sync = self.reward = None
+        if rank == 0:
+            from tunefleet.rewards import build_reward
+            from tunefleet.rollout.client import get_pool
+            from tunefleet.rollout.sync import WeightSync
+
+            self.pool = get_pool(loop_config["pool_name"])
+            self.sync = WeightSync(self.pool, cfg.rollout.bucket_mb)
+            self.reward = build_reward(loop_config["rewards"], cfg.data.task)
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self, step: int, saved: dict) -> None:
+        """Make the pool serve this trainer's weights before any sample is drawn. A fresh
+        run starts on the pool's base weights; a resumed one pushes its restored weights."""
+        if step > 0:
+            self._push()
+        elif self.rank == 0:
+            import ray
+
+            self.version = ray.get(self.pool.status.remote())["version"]
+
+    def state(self) -> dict:
+        return {"policy_version": self.version}
+
+    def close(self) -> None:
+        self._pending.clear()
+
+    # ------------------------------------------------------------ rank 0: sampling
+    def _sampling(self):
+        from tunefleet.rollout.samples import Sampling
+
+        a = self.algo
+        return Sampling(n=a.group_size, temperature=a.temperature, top_p=a.top_p, max_tokens=a.max_new_tokens,
+                        seed=self.cfg.trainer.seed)
+
+    def _submit(self, indices: list[int]):
+        return self.pool.generate.remote([self.prompts[i]["prompt_ids"] for i in indices], self._sampling())
+
+    def _prompt_indices(self, step: int, round_: int, count: int) -> list[int]:
+        if round_ == 0:
+            return self.order.batch(step, count)
+        extra = GlobalOrder(len(self.prompts), self.cfg.trainer.seed + RESAMPLE_SEED_OFFSET * round_)
+        return extra.batch(step, count)
+
+    def _groups(self, indices: list[int], rollouts) -> list[dict]:
+        """One group per prompt: its samples, their rewards and reward components."""
+        from tunefleet.rewards import RewardInput
+
+        inputs, owners = [], []
+        for i, r in zip(indices, rollouts):
+            p = self.prompts[i]
+            for s in r.samples:
+                inputs.append(RewardInput(p["prompt"], s.text, p["answer"], p["meta"], len(s.token_ids)))
+                owners.append((i, r, s))
+        totals, parts = self.reward(inputs)
+        groups: dict[int, dict] = {}
+        for j, (i, r, s) in enumerate(owners):
+            g = groups.setdefault(r.request_id, {"prompt": i, "samples": [], "rewards": [], "parts": []})
+            g["samples"].append(s)
+            g["rewards"].append(totals[j])
+            g["parts"].append({k: v[j] for k, v in parts.items()})
+        return list(groups.values())
+
+    def _collect(self, step: int) -> tuple[list[dict], dict[str, float]]:
+        """The step's groups (resampling zero-variance ones if configured) and timings."""
+        import ray
+
+        start = time.perf_counter()
+        ref = self._pending.pop(step, None)
+        indices = self._prompt_indices(step, 0, self.per_step)
+        if ref is None:
+            ref = self._submit(indices)
+        if self.cfg.rollout.max_staleness >= 1 and step + 1 < self.cfg.trainer.max_steps:
+            # Generate ahead: the pool samples step+1 while this step updates.
+            self._pending[step + 1] = self._submit(self._prompt_indices(step + 1, 0, self.per_step))
+        groups = self._groups(indices, ray.get(ref))
+        kept, dropped = groups, []
+        if self.algo.drop_zero_variance:
+            kept = [g for g in groups if len(set(g["rewards"])) > 1]
+            dropped = [g for g in groups if len(set(g["rewards"])) <= 1]
+            for round_ in range(1, self.algo.max_resample + 1):
+                missing = self.per_step - len(kept)
+                if missing <= 0:
+                    break
+                extra_idx = self._prompt_indices(step, round_, missing)
+                extra = self._groups(extra_idx, ray.get(self._submit(extra_idx)))
+                kept += [g for g in extra if len(set(g["rewards"])) > 1]
+                dropped += [g for g in extra if len(set(g["rewards"])) <= 1]
+        # Keep the batch size fixed: top up with dropped groups (their advantages are ~0).
+        kept = (kept + dropped)[:self.per_step]
+        return kept, {"rollout_s": time.perf_counter() - start,
+                      "dropped_groups": float(len(dropped)) if self.algo.drop_zero_variance else 0.0}
+
+    def _rows(self, groups: list[dict]) -> list[dict]:
+        rows = []
+        for g in groups:
+            prompt_ids = self.prompts[g["prompt"]]["prompt_ids"]
+            for s, reward in zip(g["samples"], g["rewards"]):
+                rows.append({"input_ids": list(prompt_ids) + list(s.token_ids),
+                             "loss_mask": [0] * len(prompt_ids) + [1] * len(s.token_ids),
+                             "behaviour_logps": list(s.logprobs), "reward": float(reward),
+                             "version": s.version})
+        return rows
+
+    def _rollout_metrics(self, groups: list[dict], rows: list[dict]) -> dict[str, float]:
+        rewards = torch.tensor([r["reward"] for r in rows])
+        lengths = torch.tensor([float(sum(r["loss_mask"])) for r in rows])
+        stale = torch.tensor([float(self.version - r["version"]) for r in rows])
+        metrics = {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()) if len(rows) > 1 else 0.0,
+                   "response_len": float(lengths.mean()), "staleness_mean": float(stale.mean()),
+                   "staleness_max": float(stale.max()), "policy_version": float(self.version)}
+        parts = [p for g in groups for p in g["parts"]]
+        names = list(parts[0])  # in `rewards:` order; the first one is reported as accuracy
+        for name in names:
+            metrics[f"reward/{name}"] = sum(p[name] for p in parts) / len(parts)
+        metrics["accuracy"] = metrics[f"reward/{names[0]}"]
+        return metrics
+
+    # ------------------------------------------------------------ every rank
+    def plan(self, step: int) -> StepPlan:
+        payload = None
+        if self.rank == 0:
+            groups, timings = self._collect(step)
+            rows = self._rows(groups)
+            metrics = {**timings, **self._rollout_metrics(groups, rows)}
+            self._save_sample(step + 1, groups)
+            payload = (rows, metrics)
+        rows, metrics = _broadcast(payload, self.rank, self.world)
+        self._add_advantages(rows)
+        t = self.cfg.trainer
+        num_tokens = sum(len(r["behaviour_logps"]) for r in rows)
+        plan = plan_rows(rows, list(range(len(rows))), self.rank, self.world, t.micro_batch_size,
+                         BATCHERS["rl"], self.pad_id, num_tokens=num_tokens)
+        plan.metrics.update(metrics)
+        return plan
+
+    def _add_advantages(self, rows: list[dict]) -> None:
+        """Per-token advantages of every row (identical on every rank), in place."""
+        mask_lists = [[1.0] * len(r["behaviour_logps"]) for r in rows]
+        width = max(len(m) for m in mask_lists)
+        mask = torch.tensor([m + [0.0] * (width - len(m)) for m in mask_lists])
+        kl = None
+        if self.algo.KL_IN_REWARD and self.algo.kl_beta > 0:
+            ref = self._reference_logps(rows)
+            kl = torch.zeros_like(mask)
+            for b, (r, lp) in enumerate(zip(rows, ref)):
+                r["ref_logps"] = lp
+                kl[b, :len(lp)] = kl_estimate(torch.tensor(r["behaviour_logps"]), torch.tensor(lp),
+                                              self.algo.kl_estimator)
+        rewards = torch.tensor([r["reward"] for r in rows])
+        adv = self.advantage(AdvantageInputs(rewards, mask, self.algo.group_size, kl), self.algo)
+        for b, r in enumerate(rows):
+            r["advantages"] = adv[b, :len(r["behaviour_logps"])].tolist()
+
+    def _reference_logps(self, rows: list[dict]) -> list[list[float]]:
+        """Reference log-probs of every row's response tokens: each rank scores its own
+        micro-batches (a collective forward under FSDP), then all ranks exchange them."""
+        from tunefleet.data.tokenize import collate
+
+        ctx, mine = self.ctx, {}
+        idx = list(range(len(rows)))
+        with torch.no_grad():
+            for chunk in rank_micro_batches(idx, self.rank, self.world, self.cfg.trainer.micro_batch_size):
+                seqs = collate([rows[i] for i in chunk], self.pad_id)
+                seqs = {k: v.to(ctx.device) for k, v in seqs.items()}
+                logps = ctx.reference(seqs).float().cpu()
+                sel = seqs["labels"].cpu() != -100
+                for b, i in enumerate(chunk):
+                    mine[i] = logps[b][sel[b]].tolist()
+        merged = {}
+        for part in _all_gather(mine, self.world):
+            merged.update(part)
+        return [merged[i] for i in idx]
+
+    def after_step(self, done: int) -> dict[str, float]:
+        """Push the updated weights to the pool (collective gather, rank 0 sends)."""
+        return self._push()
+
+    def _push(self) -> dict[str, float]:
+        from tunefleet.train.state import gather_trainable
+
+        start = time.perf_counter()
+        weights = gather_trainable(self.ctx.policy)
+        if self.rank != 0:
+            return {}
+        if self.ctx.policy.is_lora:
+            from tunefleet.rollout.sync import adapter_from_peft
+
+            report = self.sync.lora(adapter_from_peft(self.ctx.policy.module.lm, weights))
+        else:
+            report = self.sync.full(weights)
+        self.version = report.version
+        return {"sync_s": time.perf_counter() - start, "policy_version": float(self.version)}
+
+    def _save_sample(self, done: int, groups: list[dict]) -> None:
+        every = self.algo.rollout_sample_every
+        if self.tracker is None or not every or done % every:
+            return
+        from tunefleet.train.rollout_samples import log_rollout_sample
+
+        log_rollout_sample(self.tracker, done, [self.prompts[g["prompt"]] for g in groups], groups)
