@@ -22,9 +22,12 @@ def _history(cfg, run_id, key):
     return metric_history(cfg.tracking.uri, run_id, key)
 
 
-@pytest.mark.parametrize("name", ["grpo_arith", "rloo_arith", "reinforce_pp_arith"])
-def test_rl_sample_config_runs_with_tiny_llama(ray_cluster, home, name):
-    cfg = load_config(ROOT / "jobs" / "configs" / f"{name}.yaml", TINY + [f"tracking.uri=sqlite:///{home}/mlflow.db"])
+# The sample configs push merged LoRA weights; rloo here pushes the adapter itself.
+@pytest.mark.parametrize("name,sync", [("grpo_arith", "merged"), ("rloo_arith", "adapter"),
+                                       ("reinforce_pp_arith", "merged")])
+def test_rl_sample_config_runs_with_tiny_llama(ray_cluster, home, name, sync):
+    cfg = load_config(ROOT / "jobs" / "configs" / f"{name}.yaml",
+                      TINY + [f"tracking.uri=sqlite:///{home}/mlflow.db", f"rollout.lora_sync={sync}"])
     result = run_train_job(cfg)
     assert sorted(_history(cfg, result.run_id, "loss")) == [1, 2, 3]
     for key in ("reward_mean", "reward_std", "accuracy", "entropy", "clip_frac", "response_len", "staleness_mean",
@@ -38,6 +41,7 @@ def test_rl_sample_config_runs_with_tiny_llama(ray_cluster, home, name):
         assert sorted(_history(cfg, result.run_id, "kl")) == [1, 2, 3]
     assert "rollouts/step_000002.parquet" in result.artifacts
     assert "adapter/adapter_model.safetensors" in result.artifacts
+    assert "plots/reward_curve.png" in result.artifacts
     assert "eval/accuracy_before" in result.metrics and "eval/accuracy_after" in result.metrics
     # The driver logged the pool's own metrics (tokens generated, sync time, version).
     assert max(_history(cfg, result.run_id, "rollout/tokens_total").values()) > 0

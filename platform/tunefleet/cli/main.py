@@ -1,4 +1,4 @@
-"""`tunefleet run | validate | score | demo`.
+"""`tunefleet run | validate | score | generate | demo`.
 
 Config errors exit with status 2 before anything heavy is imported; the last line a run
 prints is one line of JSON: {"run_id": ..., "metrics": {...}, "artifacts": [...]}.
@@ -20,14 +20,36 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (("run", "validate a config, then run the job"), ("validate", "only check a config")):
         sp = sub.add_parser(name, help=text)
-        sp.add_argument("config", help="YAML config file")
+        sp.add_argument("config", nargs="?" if name == "run" else None, help="YAML config file")
         sp.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.num_workers=2")
+    run = sub.choices["run"]
+    run.add_argument("--resume", metavar="RUN_ID", default=None,
+                     help="continue a stopped run (its MLflow run id) from its newest checkpoint")
+    run.add_argument("--tracking-uri", default=None, help="where to find the run for --resume "
+                     "(default: MLFLOW_TRACKING_URI or the local store)")
     sp = sub.add_parser("score", help="score rows with a trained reward model; writes Parquet with a reward column")
     sp.add_argument("model", help="a reward model's exported model/ or adapter/ directory")
     sp.add_argument("input", help="JSONL/Parquet rows (prompt/completion, messages or question/answer)")
     sp.add_argument("output", help="Parquet file to write")
     sp.add_argument("--base", default=None, help="base model for an adapter (default: from adapter_config.json)")
     sp.add_argument("--on-bad-row", default="error", choices=["error", "skip"])
+    sp = sub.add_parser("generate", help="generate samples for a prompt file with vLLM; writes Parquet, logs lineage")
+    sp.add_argument("model", help="model alias or HF directory (the base, with --adapter)")
+    sp.add_argument("prompts", help="JSONL/Parquet rows with a prompt field")
+    sp.add_argument("output", help="Parquet file to write")
+    sp.add_argument("--adapter", default=None, help="a trained LoRA adapter directory, served without merging")
+    sp.add_argument("--prompt-field", default="prompt")
+    sp.add_argument("--raw", action="store_true", help="send prompts as they are (no chat template)")
+    sp.add_argument("--n", type=int, default=1, help="samples per prompt")
+    sp.add_argument("--temperature", type=float, default=1.0)
+    sp.add_argument("--top-p", type=float, default=1.0)
+    sp.add_argument("--max-tokens", type=int, default=128)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--engines", type=int, default=1)
+    sp.add_argument("--cpus-per-engine", type=float, default=1.0)
+    sp.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    sp.add_argument("--source-run-id", default=None, help="the MLflow run that trained the model (lineage tag)")
+    sp.add_argument("--experiment", default="tunefleet-generate")
     sp = sub.add_parser("demo", help="LoRA SFT of SmolLM2-135M-Instruct on the arith task, with eval before/after")
     sp.add_argument("overrides", nargs="*", help="dotted overrides for the demo config")
     return p
@@ -36,6 +58,18 @@ def _parser() -> argparse.ArgumentParser:
 def _load(path: str | Path, overrides: list[str]):
     try:
         return load_config(path, overrides)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _load_resume(args):
+    from tunefleet.pipelines.resume import config_for_resume
+
+    # With --resume a positional word is an override too (there is no config file).
+    overrides = ([args.config] if args.config else []) + list(args.overrides)
+    try:
+        return config_for_resume(args.resume, overrides, args.tracking_uri)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -50,6 +84,20 @@ def _run(cfg, ship_package: bool) -> int:
     return 0
 
 
+def _generate(args) -> int:
+    from tunefleet.pipelines.generate_job import GenerateRequest, run_generate
+
+    req = GenerateRequest(args.model, args.prompts, args.output, adapter=args.adapter, prompt_field=args.prompt_field,
+                          chat=not args.raw, n=args.n, temperature=args.temperature, top_p=args.top_p,
+                          max_tokens=args.max_tokens, seed=args.seed, num_engines=args.engines,
+                          cpus_per_engine=args.cpus_per_engine, dtype=args.dtype, source_run_id=args.source_run_id,
+                          experiment=args.experiment)
+    result, run_id = run_generate(req)
+    print(f"generated {result.rows} rows -> {result.path} (sha256 {result.digest[:16]}, policy versions "
+          f"{list(result.versions)}); MLflow run id: {run_id}", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None, ship_package: bool = False) -> int:
     """Entry point of the `tunefleet` console script and of jobs/run.py."""
     args = _parser().parse_args(argv)
@@ -59,8 +107,22 @@ def main(argv: list[str] | None = None, ship_package: bool = False) -> int:
         n = score_file(args.model, args.input, args.output, args.base, args.on_bad_row)
         print(f"scored {n} rows -> {args.output}")
         return 0
+    if args.command == "generate":
+        return _generate(args)
     if args.command == "demo":
         return _run(_load(DEMO_CONFIG, args.overrides), ship_package)
+    if args.command == "run" and args.resume:
+        return _run(_load_resume(args), ship_package)
+    if args.config is not None and "=" in args.config and not Path(args.config).exists():
+        # No file, only overrides: the config is built from the defaults and them alone.
+        args.overrides, args.config = [args.config, *args.overrides], None
+        if not any(o.startswith("model.") for o in args.overrides):
+            print("config error: give a config file, overrides including model.name=..., or --resume RUN_ID",
+                  file=sys.stderr)
+            return 2
+    elif args.config is None:
+        print("config error: a config file (or --resume RUN_ID) is required", file=sys.stderr)
+        return 2
     cfg = _load(args.config, args.overrides)
     if args.command == "validate":
         print(f"OK: {args.config} (algorithm.type={cfg.algorithm.type}, model.name={cfg.model.name}, "

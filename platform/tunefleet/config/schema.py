@@ -99,9 +99,14 @@ AlgorithmConfig.TAGGED_UNION = ALGORITHM_CONFIGS
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    """Optimisation and worker-group settings. `batch_size` is global (sequences per step)."""
+    """Optimisation and worker-group settings. `batch_size` is global (sequences per step)
+    and stays fixed when the worker count changes: gradient accumulation follows from it.
 
-    num_workers: int = 1
+    `num_workers: [min, max]` is elastic (Ray Train): start with what the cluster has (at
+    least min), grow to max as nodes join, shrink when workers are lost (needs
+    `max_failures`); `resize_check_s` is how often Ray Train looks for room to grow."""
+
+    num_workers: int | tuple[int, ...] = 1
     max_steps: int = 100
     seed: int = 0
     lr: float = 1e-4
@@ -117,23 +122,25 @@ class TrainerConfig:
     cpus_per_worker: float = 1.0
     torch_threads: int = 0
     max_failures: int = 0
+    resize_check_s: float = 60.0
+    log_sample_ids: bool = False  # rank 0 appends each step's global sample ids to sample_ids.jsonl
     status_every_s: float = 10.0
     fail_at_step: int | None = None  # fault injection for tests: raise after this step (once, not after a resume)
+    kill_at_step: int | None = None  # fault injection: SIGKILL the last rank's process after this step (once)
 
     def validate(self, path: str) -> None:
-        check(self.num_workers >= 1, _p(path, "num_workers"), self.num_workers, ">= 1")
+        workers = self.num_workers if isinstance(self.num_workers, tuple) else (self.num_workers,)
+        check(len(workers) in (1, 2) and 1 <= workers[0] <= workers[-1], _p(path, "num_workers"), self.num_workers,
+              "a count >= 1, or [min, max] with 1 <= min <= max")
         check(self.max_steps >= 1, _p(path, "max_steps"), self.max_steps, ">= 1")
         check(self.lr > 0, _p(path, "lr"), self.lr, "> 0")
         check(self.weight_decay >= 0, _p(path, "weight_decay"), self.weight_decay, ">= 0")
         check(self.batch_size >= 1, _p(path, "batch_size"), self.batch_size, ">= 1")
         check(self.micro_batch_size >= 1, _p(path, "micro_batch_size"), self.micro_batch_size, ">= 1")
-        per_step = self.num_workers * self.micro_batch_size
-        check(
-            self.batch_size % per_step == 0,
-            _p(path, "batch_size"),
-            self.batch_size,
-            f"a multiple of num_workers * micro_batch_size = {per_step}",
-        )
+        for w in range(self.min_workers, self.max_workers + 1):  # every size an elastic group can take
+            per_step = w * self.micro_batch_size
+            check(self.batch_size % per_step == 0, _p(path, "batch_size"), self.batch_size,
+                  f"a multiple of num_workers * micro_batch_size = {w} * {self.micro_batch_size}")
         check(self.max_grad_norm >= 0, _p(path, "max_grad_norm"), self.max_grad_norm, ">= 0 (0 disables)")
         check(self.warmup_steps >= 0, _p(path, "warmup_steps"), self.warmup_steps, ">= 0")
         check(0 <= self.min_lr_ratio <= 1, _p(path, "min_lr_ratio"), self.min_lr_ratio, "0..1")
@@ -141,11 +148,28 @@ class TrainerConfig:
         check(self.torch_threads >= 0, _p(path, "torch_threads"), self.torch_threads, ">= 0 (0 = cpus_per_worker)")
         check(self.max_failures >= -1, _p(path, "max_failures"), self.max_failures, ">= -1 (-1 = unlimited)")
         check(self.status_every_s > 0, _p(path, "status_every_s"), self.status_every_s, "> 0")
+        check(self.resize_check_s > 0, _p(path, "resize_check_s"), self.resize_check_s, "> 0")
+
+    @property
+    def min_workers(self) -> int:
+        return self.num_workers[0] if isinstance(self.num_workers, tuple) else self.num_workers
+
+    @property
+    def max_workers(self) -> int:
+        return self.num_workers[-1] if isinstance(self.num_workers, tuple) else self.num_workers
+
+    @property
+    def elastic(self) -> bool:
+        return self.min_workers != self.max_workers
 
     @property
     def grad_accum(self) -> int:
-        """Micro-batches per worker per optimizer step."""
-        return self.batch_size // (self.num_workers * self.micro_batch_size)
+        """Micro-batches per worker per optimizer step at the largest group size."""
+        return self.grad_accum_for(self.max_workers)
+
+    def grad_accum_for(self, world: int) -> int:
+        """Micro-batches per worker per optimizer step with `world` workers."""
+        return self.batch_size // (world * self.micro_batch_size)
 
 
 @dataclass(frozen=True)

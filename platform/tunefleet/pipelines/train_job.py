@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import os
 import time
+import signal
+import threading
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunefleet.config import Config, dump_yaml, to_dict
+from tunefleet.train.control import control_name, start_control
 
 
 @dataclass
@@ -26,6 +29,11 @@ class JobResult:
 
     def summary_line(self) -> str:
         return json.dumps({"run_id": self.run_id, "metrics": self.metrics, "artifacts": self.artifacts})
+
+
+def _workers(cfg: Config) -> str:
+    t = cfg.trainer
+    return f"{t.min_workers}-{t.max_workers} (elastic)" if t.elastic else str(t.max_workers)
 
 
 def run_name(cfg: Config) -> str:
@@ -133,6 +141,40 @@ def _precompute(cfg: Config, model_dir: str, tokenizer, data) -> None:
     print(f"[reference] log-probs cached at {path}", flush=True)
 
 
+class _StopState:
+    reason: str | None = None
+
+
+@contextmanager
+def stop_on_sigterm(control):
+    """While training: SIGTERM (`ray job stop`, a preempted pod) asks the workers to finish
+    the current step, checkpoint and return, instead of killing them mid-step."""
+    state = _StopState()
+
+    def handler(signum, frame):
+        state.reason = signal.Signals(signum).name
+        print(f"[driver] {state.reason}: stopping after the current step (checkpoint, then exit)", flush=True)
+        control.request_stop.remote(state.reason)
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, handler) if main else None
+    try:
+        yield state
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stopped(tracker, metrics: dict, ckpt_path: str | None, reason: str) -> JobResult:
+    """A run stopped on request: no final evaluation or export; the MLflow run is KILLED and
+    `tunefleet run --resume RUN_ID` continues it from `ckpt_path`."""
+    tracker.set_tags({"tunefleet.stopped": reason})
+    tracker.finish("KILLED")
+    print(f"[driver] stopped at step {int(metrics.get('step', 0))}; resume with: tunefleet run --resume "
+          f"{tracker.run_id}", flush=True)
+    return JobResult(tracker.run_id, {**metrics, "stopped": 1.0}, tracker.list_artifacts(), ckpt_path)
+
+
 def _pool_if_rl(rl: bool, cfg: Config, model_dir: str, name: str, tracker):
     """Online RL samples from a RolloutPool that lives for the fit; other methods need none."""
     if not rl:
@@ -171,21 +213,37 @@ def run_train_job(cfg: Config, ship_package: bool = False) -> JobResult:
         metrics.update(_evaluate(evaluator, None, "before", tracker, 0))
     loop_config = {"config": to_dict(cfg), "model_dir": model_dir, "data_ref": ray.put(data.rows),
                    "pad_id": tokenizer.pad_token_id, "tracking_uri": tracker.uri, "run_id": tracker.run_id}
-    print(f"[driver] run {name}: {len(data.rows)} training rows, {cfg.trainer.num_workers} worker(s), "
+    print(f"[driver] run {name}: {len(data.rows)} training rows, {_workers(cfg)} worker(s), "
           f"{cfg.trainer.max_steps} steps; storage {storage_path(cfg)}/{name}", flush=True)
+    control = start_control(name)
+    loop_config["control_name"] = control_name(name)
+    sample_log = Path(storage_path(cfg)) / name / "sample_ids.jsonl"
+    if cfg.trainer.log_sample_ids:
+        sample_log.parent.mkdir(parents=True, exist_ok=True)
+        loop_config["sample_log"] = str(sample_log)
     try:
-        with _pool_if_rl(rl, cfg, model_dir, name, tracker) as extra:
+        with _pool_if_rl(rl, cfg, model_dir, name, tracker) as extra, stop_on_sigterm(control) as stop:
             loop_config.update(extra)
             result = build_trainer(cfg, loop_config, name, storage_path(cfg)).fit()
     except BaseException:
         tracker.finish("FAILED")
         raise
+    finally:
+        ray.kill(control)
     ckpt_path = result.checkpoint.path if result.checkpoint else None
     metrics.update({k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))})
+    if cfg.trainer.log_sample_ids and sample_log.is_file():
+        tracker.log_artifact(str(sample_log), "data")
+    if stop.reason is not None:
+        return _stopped(tracker, metrics, ckpt_path, stop.reason)
     export_dir = str(Path(ckpt_path) / "export") if ckpt_path and (Path(ckpt_path) / "export").is_dir() else None
     if cfg.eval.after and export_dir:
         metrics.update(_evaluate(evaluator, export_dir, "after", tracker, cfg.trainer.max_steps))
     if export_dir:
         tracker.log_artifact(export_dir, "adapter" if cfg.model.lora is not None else "model")
+    if rl and cfg.tracking.enabled and tracker.run_id:
+        from tunefleet.tracking.plots import log_reward_curve
+
+        log_reward_curve(tracker, metrics)
     tracker.finish("FINISHED")
     return JobResult(tracker.run_id, metrics, tracker.list_artifacts(), ckpt_path)

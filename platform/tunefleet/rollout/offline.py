@@ -50,10 +50,12 @@ def read_prompts(path: str | Path, field: str = "prompt") -> list[str]:
     return [r[field] for r in result.rows]
 
 
-def rollouts_to_table(rollouts: list[Rollout], model: str = "") -> pa.Table:
-    """Rollouts -> a table in SCHEMA, in the order given."""
+def rollouts_to_table(rollouts: list[Rollout], model: str = "", texts: list[str] | None = None) -> pa.Table:
+    """Rollouts -> a table in SCHEMA, in the order given. `texts`: the prompts as people
+    read them, when the pool was given token ids (e.g. chat-templated prompts)."""
+    shown = texts or [r.prompt if isinstance(r.prompt, str) else json.dumps(r.prompt) for r in rollouts]
     rows = [{
-        "prompt": r.prompt if isinstance(r.prompt, str) else json.dumps(r.prompt),
+        "prompt": text,
         "prompt_token_ids": r.prompt_token_ids,
         "samples": [s.text for s in r.samples],
         "token_ids": [s.token_ids for s in r.samples],
@@ -61,7 +63,7 @@ def rollouts_to_table(rollouts: list[Rollout], model: str = "") -> pa.Table:
         "finish_reasons": [s.finish_reason for s in r.samples],
         "version": r.version,
         "sampling": r.sampling.to_json(),
-    } for r in rollouts]
+    } for r, text in zip(rollouts, shown)]
     versions = sorted({r.version for r in rollouts})
     meta = {"tunefleet.model": model, "tunefleet.policy_versions": json.dumps(versions),
             "tunefleet.sampling": rollouts[0].sampling.to_json() if rollouts else "{}"}
@@ -80,19 +82,21 @@ def write_parquet(table: pa.Table, out: str | Path) -> str:
 
 def generate_dataset(pool, prompts: list[Prompt] | str | Path, out: str | Path, sampling: Sampling, *,
                      prompt_field: str = "prompt", model: str = "", tracker=None,
-                     source_run_id: str | None = None, name: str = "rollouts") -> OfflineResult:
+                     source_run_id: str | None = None, name: str = "rollouts",
+                     texts: list[str] | None = None) -> OfflineResult:
     """Generate `sampling.n` samples per prompt with the pool and write them to `out`.
 
     `prompts`: a list, or a JSONL/JSON/Parquet file whose `prompt_field` holds them. With a
     `tracker` (driver side), the file is logged as MLflow dataset `name` with lineage tags
     `dataset.<name>.source_run_id` (the run whose model generated it) and
-    `dataset.<name>.policy_version`.
+    `dataset.<name>.policy_version`. `texts`: readable prompts for the `prompt` column when
+    `prompts` are token ids.
     """
     import ray
 
     prompt_list = read_prompts(prompts, prompt_field) if isinstance(prompts, (str, Path)) else list(prompts)
     rollouts = ray.get(pool.generate.remote(prompt_list, sampling))
-    table = rollouts_to_table(rollouts, model=model)
+    table = rollouts_to_table(rollouts, model=model, texts=texts)
     digest = write_parquet(table, out)
     result = OfflineResult(Path(out), table.num_rows, digest, tuple(sorted({r.version for r in rollouts})))
     if tracker is not None:

@@ -346,17 +346,27 @@ class RolloutPool:
         self._stream_changed.set()
 
     # ------------------------------------------------------------ weight sync
-    async def sync_full(self, bucket_refs: list) -> int:
-        """Load full weights (a list of bucket ObjectRefs, see sync.py) into every engine."""
-        v = self.state.version + 1
+    async def sync_full(self, bucket_refs: list, version: int | None = None) -> int:
+        """Load full weights (a list of bucket ObjectRefs, see sync.py) into every engine.
+        `version`: the policy version to serve them as (default: the next one)."""
+        v = self._next_version(version)
         new = dataclasses.replace(self.state, version=v, base_version=v, full_refs=list(bucket_refs))
         return await self._transition(new, lambda h: h.stage_full.remote(new.full_refs, v))
 
-    async def sync_lora(self, payload) -> int:
+    async def sync_lora(self, payload, version: int | None = None) -> int:
         """Serve a new LoRA adapter (an AdapterPayload) on every engine, as a new version."""
-        v = self.state.version + 1
+        v = self._next_version(version)
         new = dataclasses.replace(self.state, version=v, lora_version=v, lora=payload)
         return await self._transition(new, lambda h: h.stage_lora.remote(payload, v))
+
+    def _next_version(self, version: int | None) -> int:
+        """Versions only grow (staleness is a difference of versions); an explicit one lets a
+        rebuilt pool continue the numbering of the pool it replaces."""
+        if version is None:
+            return self.state.version + 1
+        if version <= self.state.version:
+            raise SyncError(f"policy version {version} is not after the current {self.state.version}")
+        return version
 
     async def _transition(self, new: PolicyState, stage) -> int:
         self._ensure_started()

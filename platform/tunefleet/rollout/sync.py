@@ -255,7 +255,8 @@ class WeightSync:
         self.pool = pool
         self.bucket_mb = bucket_mb
         self._dtype = dtype
-        self._buffers: list[np.ndarray] = []
+        self._buffers: list[np.ndarray] = []  # the last full sync's blobs (reused, and resent)
+        self._last: AdapterPayload | None = None  # the last adapter sent, when it was one
 
     @property
     def dtype(self) -> torch.dtype | None:
@@ -265,8 +266,10 @@ class WeightSync:
             self._dtype = ray.get(self.pool.describe.remote())["dtype"]
         return getattr(torch, self._dtype) if isinstance(self._dtype, str) else self._dtype
 
-    def full(self, weights: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> SyncReport:
-        """Send every weight (HF names; a trainer's `lm.` prefix is stripped)."""
+    def full(self, weights: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
+             version: int | None = None) -> SyncReport:
+        """Send every weight (HF names; a trainer's `lm.` prefix is stripped). `version`: the
+        policy version to serve them as (default: the pool's next one)."""
         import ray
 
         t0 = time.perf_counter()
@@ -280,15 +283,32 @@ class WeightSync:
         refs = put_buckets(self._buffers)
         nbytes = sum(int(b.size) for b in self._buffers)
         t1 = time.perf_counter()
-        version = ray.get(self.pool.sync_full.remote(refs))
+        version = ray.get(self.pool.sync_full.remote(refs, version))
+        self._last = None
         return SyncReport(version, "full", nbytes, t1 - t0, time.perf_counter() - t1)
 
-    def lora(self, adapter: AdapterPayload | str | Path) -> SyncReport:
+    def lora(self, adapter: AdapterPayload | str | Path, version: int | None = None) -> SyncReport:
         """Send only a LoRA adapter (a payload or a PEFT adapter directory)."""
         import ray
 
         t0 = time.perf_counter()
         payload = adapter if isinstance(adapter, AdapterPayload) else adapter_from_dir(adapter)
         t1 = time.perf_counter()
-        version = ray.get(self.pool.sync_lora.remote(payload))
+        version = ray.get(self.pool.sync_lora.remote(payload, version))
+        self._last = payload
         return SyncReport(version, "lora", int(payload.weights.size), t1 - t0, time.perf_counter() - t1)
+
+    def resend(self, pool, version: int) -> SyncReport:
+        """Load the last weights sent into `pool` (a rebuilt one) as `version`, from the
+        buffers kept here: no gather from the trainer, which may be mid-step."""
+        import ray
+
+        self.pool = pool
+        t0 = time.perf_counter()
+        if self._last is not None:
+            got = ray.get(pool.sync_lora.remote(self._last, version))
+            return SyncReport(got, "lora", int(self._last.weights.size), 0.0, time.perf_counter() - t0)
+        if not self._buffers:
+            return SyncReport(ray.get(pool.status.remote())["version"], "none", 0, 0.0, 0.0)
+        got = ray.get(pool.sync_full.remote(put_buckets(self._buffers), version))
+        return SyncReport(got, "full", sum(int(b.size) for b in self._buffers), 0.0, time.perf_counter() - t0)

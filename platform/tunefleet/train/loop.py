@@ -17,6 +17,7 @@ import torch
 from tunefleet.algorithms import get_loss
 from tunefleet.config import Config, config_from_dict
 from tunefleet.train.progress import StatusLine
+from tunefleet.train.control import stop_requested
 from tunefleet.train.schedule import lr_factor
 from tunefleet.train.sources import make_source
 from tunefleet.train.step import StepContext, train_step
@@ -119,10 +120,34 @@ def _resume(ctx: StepContext, checkpoint, rank: int) -> tuple[int, dict]:
     return state["step"], state
 
 
+def _inject_faults(t, done: int, start: int, rank: int, world: int) -> None:
+    """Test hooks, once per run (not after a resume): raise, or die like an OOM-killed or
+    preempted process (SIGKILL: no cleanup, no exception for Ray to see)."""
+    if start != 0:
+        return
+    if t.fail_at_step is not None and done == t.fail_at_step:
+        raise RuntimeError(f"fault injection: trainer.fail_at_step={t.fail_at_step} reached")
+    if t.kill_at_step is not None and done == t.kill_at_step and rank == world - 1:
+        import signal
+
+        print(f"[train] fault injection: killing rank {rank} (pid {os.getpid()}) after step {done}", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _control(name: str | None, rank: int):
+    """Rank 0's handle on the run's control actor (None: nothing can ask this run to stop)."""
+    if rank != 0 or not name:
+        return None
+    import ray
+
+    return ray.get_actor(name)
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     """Ray Train entry point. loop_config: config (dict), model_dir, pad_id, tracking_uri,
-    run_id, and the source's inputs: data_ref (ObjectRef of tokenized rows), or for RL
-    prompts_ref and pool_name (see train/rollout_source.py)."""
+    run_id, control_name (the run's stop switch, train/control.py), data_ref (ObjectRef of
+    the tokenized rows, or of RL prompt rows) and, for RL, the pool's name, config and the
+    reward specs (train/rollout_source.py)."""
     import ray.train
 
     cfg = config_from_dict(loop_config["config"])
@@ -135,6 +160,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     reporter = _Reporter(loop_config.get("tracking_uri"), loop_config.get("run_id"), rank)
     source = make_source(cfg, loop_config, ctx, rank, world, reporter.tracker)
     source.start(start, saved)
+    control = _control(loop_config.get("control_name"), rank)
+    if rank == 0:  # the global batch is fixed; accumulation follows the (possibly resized) group
+        print(f"[train] {world} worker(s), {t.grad_accum_for(world)} micro-batch(es) of {t.micro_batch_size} per "
+              f"worker per step (global batch {t.batch_size}), from step {start}", flush=True)
     metrics: dict[str, float] = {}
     for step in range(start, t.max_steps):
         tick = time.perf_counter()
@@ -148,14 +177,22 @@ def train_loop_per_worker(loop_config: dict) -> None:
         elapsed = time.perf_counter() - tick
         metrics["tokens_per_s"] = metrics.pop("real_tokens") / elapsed
         metrics["step_time_s"] = elapsed
+        metrics["world_size"], metrics["grad_accum"] = float(world), float(t.grad_accum_for(world))
         reporter.metrics(metrics, step=done)
         if rank == 0:
             status.update(done, metrics)
         every = cfg.checkpoint.every_steps
-        if done == t.max_steps or (every and done % every == 0):
+        saved_now = done == t.max_steps or bool(every and done % every == 0)
+        if saved_now:
             final = done == t.max_steps
             _checkpoint(ctx, done, rank, metrics, loop_config["model_dir"] if final else None, source.state())
-        if t.fail_at_step is not None and done == t.fail_at_step and start == 0:  # once: not after a resume
-            raise RuntimeError(f"fault injection: trainer.fail_at_step={t.fail_at_step} reached")
+        reason = stop_requested(control, rank, world) if done < t.max_steps else None
+        if reason is not None:
+            if not saved_now:
+                _checkpoint(ctx, done, rank, {**metrics, "stopped": True}, None, source.state())
+            if rank == 0:
+                print(f"[train] stopped after step {done} ({reason}); checkpoint written", flush=True)
+            break
+        _inject_faults(t, done, start, rank, world)
     source.close()
     reporter.close()

@@ -13,6 +13,10 @@ Per step:
 `rollout.max_staleness >= 1` lets the pool generate step k+1's samples while step k
 updates; samples then are one policy version behind, and the loss's importance ratio uses
 their behaviour log-probs. Every sample carries its policy version.
+
+Faults: a dead engine is the pool's business (it retries elsewhere; rank 0 just waits). A
+lost pool (killed, or every engine dead) is rebuilt by rank 0 under the same name and given
+the last weights it was sent, at the same policy version, before generation resumes.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from tunefleet.train.sources import StepPlan, plan_rows
 from tunefleet.train.step import run_model
 
 RESAMPLE_SEED_OFFSET = 7919  # resampling rounds draw from their own seeded streams
+POOL_REBUILDS = 3  # per call: a pool that dies again right after a rebuild is not a blip
 
 
 def _broadcast(obj, rank: int, world: int):
@@ -65,25 +70,31 @@ class RolloutSource:
         self.version = 0  # the pool's policy version that holds this trainer's weights
         self._pending: dict[int, object] = {}  # step -> ObjectRef of its rollouts (generate-ahead)
         self.pool = self.sync = self.reward = None
+        self.model_dir, self.pool_cfg = loop_config["model_dir"], loop_config.get("pool_config")
+        self.rebuilds = 0
         if rank == 0:
             from tunefleet.rewards import build_reward
             from tunefleet.rollout.client import get_pool
             from tunefleet.rollout.sync import WeightSync
 
-            self.pool = get_pool(loop_config["pool_name"])
+            try:
+                self.pool = get_pool(loop_config["pool_name"])
+            except ValueError:  # lost with an earlier worker group that had rebuilt it
+                self.pool = self._new_pool()
             self.sync = WeightSync(self.pool, cfg.rollout.bucket_mb)
             self.reward = build_reward(loop_config["rewards"], cfg.data.task)
 
     # ------------------------------------------------------------ lifecycle
     def start(self, step: int, saved: dict) -> None:
         """Make the pool serve this trainer's weights before any sample is drawn. A fresh
-        run starts on the pool's base weights; a resumed one pushes its restored weights."""
-        if step > 0:
-            self._push()
-        elif self.rank == 0:
+        run starts on the pool's base weights; a resumed one pushes its restored weights (as
+        the version after the pool's current one: versions only grow)."""
+        if self.rank == 0:
             import ray
 
             self.version = ray.get(self.pool.status.remote())["version"]
+        if step > 0:
+            self._push()
 
     def state(self) -> dict:
         return {"policy_version": self.version}
@@ -101,6 +112,48 @@ class RolloutSource:
 
     def _submit(self, indices: list[int]):
         return self.pool.generate.remote([self.prompts[i]["prompt_ids"] for i in indices], self._sampling())
+
+    def _rollouts(self, ref, indices: list[int]):
+        """The rollouts of a generate call; a lost pool is rebuilt and the call repeated."""
+        import ray
+
+        for attempt in range(POOL_REBUILDS + 1):
+            try:
+                return ray.get(ref)
+            except _pool_errors() as err:
+                if attempt == POOL_REBUILDS or self.pool_cfg is None:
+                    raise
+                self._rebuild_pool(err)
+                ref = self._submit(indices)
+
+    def _new_pool(self):
+        """A replacement pool under the run's pool name. Detached: it must outlive this
+        worker (a restarted group finds it again); the driver stops it by name at the end."""
+        from tunefleet.rollout.client import create_pool
+
+        if self.pool_cfg is None:
+            raise RuntimeError("the rollout pool is gone and this run has no pool config to rebuild it")
+        return create_pool(self.model_dir, self.pool_cfg, detached=True)
+
+    def _rebuild_pool(self, err: BaseException, resend: bool = True) -> None:
+        """Replace a lost pool (same name) and load the last weights sent into it, at the
+        trainer's current policy version, so versions stay consistent across the rebuild."""
+        import ray
+
+        start = time.perf_counter()
+        print(f"[rollout] pool lost ({type(err).__name__}: {str(err)[:200]}); rebuilding {self.pool_cfg.name} "
+              f"at policy version {self.version}", flush=True)
+        try:
+            ray.kill(self.pool)  # a pool whose engines all died still holds the name
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+        self._pending.clear()  # generate-ahead calls died with the old pool
+        self.pool = self._new_pool()
+        if resend and self.version > 0:
+            self.sync.resend(self.pool, self.version)
+        self.sync.pool = self.pool
+        self.rebuilds += 1
+        print(f"[rollout] pool rebuilt in {time.perf_counter() - start:.1f}s (rebuild {self.rebuilds})", flush=True)
 
     def _prompt_indices(self, step: int, round_: int, count: int) -> list[int]:
         if round_ == 0:
@@ -129,8 +182,6 @@ class RolloutSource:
 
     def _collect(self, step: int) -> tuple[list[dict], dict[str, float]]:
         """The step's groups (resampling zero-variance ones if configured) and timings."""
-        import ray
-
         start = time.perf_counter()
         ref = self._pending.pop(step, None)
         indices = self._prompt_indices(step, 0, self.per_step)
@@ -139,7 +190,7 @@ class RolloutSource:
         if self.cfg.rollout.max_staleness >= 1 and step + 1 < self.cfg.trainer.max_steps:
             # Generate ahead: the pool samples step+1 while this step updates.
             self._pending[step + 1] = self._submit(self._prompt_indices(step + 1, 0, self.per_step))
-        groups = self._groups(indices, ray.get(ref))
+        groups = self._groups(indices, self._rollouts(ref, indices))
         kept, dropped = groups, []
         if self.algo.drop_zero_variance:
             kept = [g for g in groups if len(set(g["rewards"])) > 1]
@@ -149,7 +200,7 @@ class RolloutSource:
                 if missing <= 0:
                     break
                 extra_idx = self._prompt_indices(step, round_, missing)
-                extra = self._groups(extra_idx, ray.get(self._submit(extra_idx)))
+                extra = self._groups(extra_idx, self._rollouts(self._submit(extra_idx), extra_idx))
                 kept += [g for g in extra if len(set(g["rewards"])) > 1]
                 dropped += [g for g in extra if len(set(g["rewards"])) <= 1]
         # Keep the batch size fixed: top up with dropped groups (their advantages are ~0).
@@ -243,20 +294,35 @@ class RolloutSource:
         return self._push()
 
     def _push(self) -> dict[str, float]:
-        from tunefleet.train.state import gather_trainable
+        """Collective: every rank gathers; rank 0 sends (adapter, merged or full weights)."""
+        from tunefleet.train.state import gather_full, gather_trainable
 
         start = time.perf_counter()
-        weights = gather_trainable(self.ctx.policy)
+        policy = self.ctx.policy
+        adapter = policy.is_lora and self.cfg.rollout.lora_sync == "adapter"
+        weights = gather_trainable(policy) if adapter or not policy.is_lora else gather_full(policy)
         if self.rank != 0:
             return {}
-        if self.ctx.policy.is_lora:
+        if adapter:
             from tunefleet.rollout.sync import adapter_from_peft
 
-            report = self.sync.lora(adapter_from_peft(self.ctx.policy.module.lm, weights))
+            payload = adapter_from_peft(policy.module.lm, weights)
+            send = self.sync.lora
         else:
-            report = self.sync.full(weights)
-        self.version = report.version
-        return {"sync_s": time.perf_counter() - start, "policy_version": float(self.version)}
+            from tunefleet.models.lora import merged_weights
+
+            payload = merged_weights(weights, policy.module.lm.peft_config["default"]) if policy.is_lora else weights
+            send = self.sync.full
+        for attempt in range(POOL_REBUILDS + 1):
+            try:
+                self.version = send(payload, self.version + 1).version
+                break
+            except _pool_errors() as err:
+                if attempt == POOL_REBUILDS or self.pool_cfg is None:
+                    raise
+                self._rebuild_pool(err, resend=False)  # the new weights go in right after
+        return {"sync_s": time.perf_counter() - start, "policy_version": float(self.version),
+                "pool_rebuilds": float(self.rebuilds)}
 
     def _save_sample(self, done: int, groups: list[dict]) -> None:
         every = self.algo.rollout_sample_every
@@ -265,3 +331,12 @@ class RolloutSource:
         from tunefleet.train.rollout_samples import log_rollout_sample
 
         log_rollout_sample(self.tracker, done, [self.prompts[g["prompt"]] for g in groups], groups)
+
+
+def _pool_errors() -> tuple[type[BaseException], ...]:
+    """What a lost pool raises: its actor died, or it has no live engine left."""
+    from ray.exceptions import RayActorError
+
+    from tunefleet.rollout.samples import RolloutError
+
+    return (RayActorError, RolloutError)

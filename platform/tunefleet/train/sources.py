@@ -12,6 +12,7 @@ metrics, `state()` -> what a checkpoint must remember, and `close()`.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from tunefleet.train.order import GlobalOrder, rank_micro_batches
@@ -53,14 +54,18 @@ class DatasetSource:
         self.batcher = BATCHERS[cfg.algorithm.BATCH]
         self.order = GlobalOrder(len(self.rows), cfg.trainer.seed)
         self.trainer, self.rank, self.world, self.pad_id = cfg.trainer, rank, world, loop_config["pad_id"]
+        self.sample_log = loop_config.get("sample_log") if rank == 0 else None
 
     def start(self, step: int, saved: dict) -> None:
         """Nothing to restore: the order is a function of (seed, step)."""
 
     def plan(self, step: int) -> StepPlan:
         t = self.trainer
-        plan = plan_rows(self.rows, self.order.batch(step, t.batch_size), self.rank, self.world,
-                         t.micro_batch_size, self.batcher, self.pad_id)
+        ids = self.order.batch(step, t.batch_size)
+        if self.sample_log:  # evidence for exactly-once: which rows each step trained on
+            with open(self.sample_log, "a") as f:
+                f.write(json.dumps({"step": step + 1, "world": self.world, "ids": ids}) + "\n")
+        plan = plan_rows(self.rows, ids, self.rank, self.world, t.micro_batch_size, self.batcher, self.pad_id)
         plan.metrics["epoch"] = self.order.epoch_of(step + 1, t.batch_size)
         return plan
 

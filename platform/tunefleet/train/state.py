@@ -31,6 +31,11 @@ def gather_trainable(policy: Policy) -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in full.items() if k in keep}
 
 
+def gather_full(policy: Policy) -> dict[str, torch.Tensor]:
+    """Every weight, frozen ones too, unsharded on CPU (rank 0; others get {}). Collective."""
+    return get_model_state_dict(policy.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
 def save_training_state(directory: Path, policy: Policy, optimizer, scheduler, step: int, rank: int,
                         extra: dict | None = None) -> None:
     """Collective: every rank calls; rank 0 writes the files (the caller adds the manifest)."""

@@ -14,7 +14,8 @@ def _use_gpu(cfg: Config) -> bool:
 
 
 def build_trainer(cfg: Config, loop_config: dict, name: str, storage: str):
-    """TorchTrainer with `trainer.num_workers` workers (gloo on CPU, NCCL on GPU).
+    """TorchTrainer with `trainer.num_workers` workers, a count or an elastic [min, max]
+    range (gloo on CPU, NCCL on GPU).
     Rerunning with the same `name` and `storage` resumes from the newest checkpoint."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -23,8 +24,10 @@ def build_trainer(cfg: Config, loop_config: dict, name: str, storage: str):
 
     gpu = _use_gpu(cfg)
     t = cfg.trainer
-    scaling = ScalingConfig(num_workers=t.num_workers, use_gpu=gpu,
-                            resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if gpu else {})})
+    workers = (t.min_workers, t.max_workers) if t.elastic else t.max_workers
+    scaling = ScalingConfig(num_workers=workers, use_gpu=gpu,
+                            resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if gpu else {})},
+                            **({"elastic_resize_monitor_interval_s": t.resize_check_s} if t.elastic else {}))
     run = RunConfig(
         name=name,
         storage_path=storage,

@@ -47,6 +47,19 @@ BROKEN = [
     ("kto micro-batch", GOOD, ["algorithm.type=kto", "reference.mode=live", "trainer.micro_batch_size=1",
                                "trainer.batch_size=2"], "trainer.micro_batch_size", ">= 2"),
     ("kto precompute", GOOD, ["algorithm.type=kto", "reference.mode=precompute"], "reference.mode", "allowed: live"),
+    ("elastic range order", GOOD, ["trainer.num_workers=[2, 1]"], "trainer.num_workers", "1 <= min <= max"),
+    ("elastic batch", GOOD, ["trainer.num_workers=[1, 3]"], "trainer.batch_size", "3 * 2"),
+    ("rl batch vs group", GOOD, ["algorithm.type=grpo", "algorithm.group_size=3"], "trainer.batch_size",
+     "algorithm.group_size = 3"),
+    ("grpo group of one", GOOD, ["algorithm.type=grpo", "algorithm.group_size=1"], "algorithm.group_size", ">= 2"),
+    ("rl file needs rewards", GOOD, ["algorithm.type=rloo", "data.task=null", "data.path=p.jsonl"], "rewards",
+     "at least one reward"),
+    ("bad reward type", GOOD, ["algorithm.type=grpo", "rewards=[{type: exact}]"], "rewards[0].type",
+     "module:function"),
+    ("rl greedy", GOOD, ["algorithm.type=grpo", "algorithm.temperature=0"], "algorithm.temperature", "> 0"),
+    ("rl prompt room", GOOD, ["algorithm.type=grpo", "algorithm.max_new_tokens=4096"], "algorithm.max_new_tokens",
+     "rollout.max_model_len"),
+    ("bad lora sync", GOOD, ["rollout.lora_sync=merge"], "rollout.lora_sync", "did you mean 'merged'"),
 ]
 
 
@@ -56,6 +69,18 @@ def test_broken_configs_name_the_field(tmp_path, label, text, overrides, field, 
         load_config(_write(tmp_path, text), overrides)
     msg = str(info.value)
     assert field in msg and hint in msg, msg
+
+
+def test_rl_and_elastic_configs(tmp_path):
+    cfg = load_config(_write(tmp_path, GOOD), ["algorithm.type=grpo", "algorithm.kl_beta=0.04",
+                                               "trainer.num_workers=[1, 2]", "rewards=[{type: 'mymod:score'}]"])
+    assert cfg.algorithm.NEEDS_REFERENCE and cfg.reference_mode == "live"  # the method's default
+    assert cfg.trainer.elastic and (cfg.trainer.min_workers, cfg.trainer.max_workers) == (1, 2)
+    assert cfg.trainer.grad_accum_for(1) == 2 and cfg.trainer.grad_accum == 1
+    assert cfg.rewards[0].type == "mymod:score" and cfg.rewards[0].weight == 1.0
+    plain = load_config(_write(tmp_path, GOOD), ["algorithm.type=rloo"])
+    assert not plain.algorithm.NEEDS_REFERENCE and plain.reference_mode is None
+    assert load_config(_write(tmp_path, GOOD), ["algorithm.type=dpo"]).reference_mode == "precompute"
 
 
 def _validate(*args):

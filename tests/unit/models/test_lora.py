@@ -71,3 +71,25 @@ def test_save_and_load_adapter(tiny_dir, tmp_path):
         base = load_model(tiny_dir)(ids).logits
     assert torch.allclose(expected, got, atol=1e-6)
     assert not torch.allclose(expected, base, atol=1e-4)
+
+
+def test_merged_weights_equal_peft_merge_and_unload(tiny_dir):
+    """W + (alpha / r) * B @ A for every adapted layer, named as in the HF checkpoint, so a
+    rollout engine can load the merged policy as plain full weights."""
+    from tunefleet.models.lora import merged_weights
+    from tunefleet.models.policy import TokenLogpModel
+
+    torch.manual_seed(0)
+    model = apply_lora(load_model(tiny_dir), r=4, alpha=8, dropout=0.0, target_modules="all-linear")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn_like(p))  # B starts at 0 (a no-op adapter); make it matter
+    wrapped = TokenLogpModel(model)  # the trainer's naming: `lm.base_model.model....`
+    merged = merged_weights(wrapped.state_dict(), model.peft_config["default"])
+    want = {k: v.clone() for k, v in model.merge_and_unload().state_dict().items()}
+    assert set(merged) == set(want)
+    for k in want:
+        torch.testing.assert_close(merged[k], want[k], rtol=1e-5, atol=1e-6)
+    assert not torch.equal(merged["model.layers.0.self_attn.q_proj.weight"],
+                           load_model(tiny_dir).state_dict()["model.layers.0.self_attn.q_proj.weight"])
