@@ -30,7 +30,7 @@ def test_killed_worker_restarts_with_identical_losses(ray_cluster, home):
     uri = f"sqlite:///{home}/mlflow.db"
     straight = run_train_job(load_config(None, BASE + [f"tracking.uri={uri}", "run.name=straight-chaos"]))
     killed = run_train_job(load_config(None, BASE + [f"tracking.uri={uri}", "run.name=killed-chaos",
-                                                     "trainer.kill_at_step=3", "trainer.max_failures=1"]))
+                                                     "trainer.kill_at_step=3", "trainer.max_failures=3"]))
     client = MlflowClient(uri)
     want, got = _losses(client, straight.run_id), _losses(client, killed.run_id)
     assert sorted(got) == list(range(1, 7)) and killed.metrics["step"] == 6

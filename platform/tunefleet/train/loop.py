@@ -120,9 +120,10 @@ def _resume(ctx: StepContext, checkpoint, rank: int) -> tuple[int, dict]:
     return state["step"], state
 
 
-def _inject_faults(t, done: int, start: int, rank: int, world: int) -> None:
-    """Test hooks, once per run (not after a resume): raise, or die like an OOM-killed or
-    preempted process (SIGKILL: no cleanup, no exception for Ray to see)."""
+def _inject_faults(t, done: int, start: int, rank: int, world: int, run_id: str | None) -> None:
+    """Test hooks, once per run: raise, or die like an OOM-killed or preempted process
+    (SIGKILL: no cleanup, no exception for Ray to see). "Once" is a marker file, not
+    `start == 0`: a group restarted before its newest checkpoint registered starts at 0 again."""
     if start != 0:
         return
     if t.fail_at_step is not None and done == t.fail_at_step:
@@ -130,6 +131,10 @@ def _inject_faults(t, done: int, start: int, rank: int, world: int) -> None:
     if t.kill_at_step is not None and done == t.kill_at_step and rank == world - 1:
         import signal
 
+        marker = Path(tempfile.gettempdir()) / f"tunefleet-killed-{run_id or os.getppid()}-{done}"
+        if marker.exists():
+            return
+        marker.touch()
         print(f"[train] fault injection: killing rank {rank} (pid {os.getpid()}) after step {done}", flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -193,6 +198,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if rank == 0:
                 print(f"[train] stopped after step {done} ({reason}); checkpoint written", flush=True)
             break
-        _inject_faults(t, done, start, rank, world)
+        _inject_faults(t, done, start, rank, world, loop_config.get("run_id"))
     source.close()
     reporter.close()

@@ -31,7 +31,9 @@ def build_trainer(cfg: Config, loop_config: dict, name: str, storage: str):
     run = RunConfig(
         name=name,
         storage_path=storage,
-        failure_config=FailureConfig(max_failures=t.max_failures),
+        # A killed worker can surface as a controller error (ActorUnavailableError) before its
+        # health check fails: give those the same retry budget as worker failures.
+        failure_config=FailureConfig(max_failures=t.max_failures, controller_failure_limit=t.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
     )
     return TorchTrainer(train_loop_per_worker, train_loop_config=loop_config, scaling_config=scaling,
