@@ -22,8 +22,8 @@ weights to the rollout engine. What is the same on both sides:
   Ray Train worker with the rest (the default 2 = 1 + 1 = 2 cores in all); TRL: one process
   with `torch.set_num_threads(threads)` doing both generation (HF `generate`; its vLLM
   colocate mode does not run on CPU) and training. With `--staleness 0` tunefleet's
-  generation and update alternate, so each phase has only its own core(s) while TRL uses all
-  of them for both phases. Each side runs in its own subprocess, one after the other.
+  generation and update alternate, so the update runs on all `--threads` cores
+  (`trainer.torch_threads`) while the engine idles; generation keeps the engine's share. Each side runs in its own subprocess, one after the other.
 
 What is not the same: generation precision under bf16. tunefleet's vLLM engine holds bf16
 weights (`rollout.dtype=bfloat16`); stock TRL 1.16 with `bf16=True` autocasts only the loss
@@ -130,6 +130,9 @@ def _config(args, tmp: Path):
         "trainer.warmup_steps=0", "trainer.lr_schedule=constant",
         f"trainer.bf16={'false' if args.fp32 else 'true'}",
         f"trainer.cpus_per_worker={trainer_cpus}", "trainer.num_workers=1",
+        # On-policy, the engine idles while the trainer updates (and vice versa): the update
+        # may use every core, as TRL's does. With staleness >= 1 they overlap: keep them apart.
+        f"trainer.torch_threads={args.threads if args.staleness == 0 else trainer_cpus}",
         f"rollout.dtype={'float32' if args.fp32 else 'bfloat16'}",
         f"rollout.resources_per_engine={engine_cpus}", "rollout.num_engines=1",
         f"rollout.max_staleness={args.staleness}",

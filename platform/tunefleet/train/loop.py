@@ -148,6 +148,54 @@ def _control(name: str | None, rank: int):
     return ray.get_actor(name)
 
 
+class _PreemptNotice:
+    """Remembers that this group already wrote its just-in-time checkpoint for a drain."""
+
+    saved_for: tuple | None = None
+
+
+def _preemption(notice: _PreemptNotice, done: int, rank: int):
+    """Collective (Ray Train barrier): a *new* drain notice for a node of this group (spot
+    reclaim, KubeRay/autoscaler scale-down), or None. Ray Train restarts the group without
+    that node when it goes; a checkpoint now means no step is lost to it."""
+    import ray.train
+
+    info = ray.train.get_preemption_info() if hasattr(ray.train, "get_preemption_info") else None
+    key = None if info is None else tuple(info.preempted_node_ids)
+    if key is None or key == notice.saved_for:
+        return None
+    notice.saved_for = key
+    if rank == 0:
+        left = f"{info.deadline_ms / 1000 - time.time():.0f} s left" if info.deadline_ms else "no deadline"
+        print(f"[train] preemption notice after step {done}: ranks {info.preempted_ranks} on "
+              f"{len(key)} draining node(s), {left}; writing a checkpoint", flush=True)
+    return info
+
+
+def _end_of_step(ctx: StepContext, cfg: Config, done: int, rank: int, world: int, metrics: dict, source,
+                 loop_config: dict, control, notice: _PreemptNotice) -> bool:
+    """Collective. Checkpoint when due (every_steps, the last step), on a new preemption
+    notice, or on a stop request (then return True: the loop ends after this step)."""
+    t, every = cfg.trainer, cfg.checkpoint.every_steps
+    final = done == t.max_steps
+    due = final or bool(every and done % every == 0)
+    if due:
+        _checkpoint(ctx, done, rank, metrics, loop_config["model_dir"] if final else None, source.state())
+    if final:
+        return False
+    if _preemption(notice, done, rank) is not None and not due:
+        _checkpoint(ctx, done, rank, {**metrics, "preempted": True}, None, source.state())
+        due = True
+    reason = stop_requested(control, rank, world)
+    if reason is None:
+        return False
+    if not due:
+        _checkpoint(ctx, done, rank, {**metrics, "stopped": True}, None, source.state())
+    if rank == 0:
+        print(f"[train] stopped after step {done} ({reason}); checkpoint written", flush=True)
+    return True
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     """Ray Train entry point. loop_config: config (dict), model_dir, pad_id, tracking_uri,
     run_id, control_name (the run's stop switch, train/control.py), data_ref (ObjectRef of
@@ -170,6 +218,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         print(f"[train] {world} worker(s), {t.grad_accum_for(world)} micro-batch(es) of {t.micro_batch_size} per "
               f"worker per step (global batch {t.batch_size}), from step {start}", flush=True)
     metrics: dict[str, float] = {}
+    preempt = _PreemptNotice()
     for step in range(start, t.max_steps):
         tick = time.perf_counter()
         plan = source.plan(step)
@@ -186,17 +235,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         reporter.metrics(metrics, step=done)
         if rank == 0:
             status.update(done, metrics)
-        every = cfg.checkpoint.every_steps
-        saved_now = done == t.max_steps or bool(every and done % every == 0)
-        if saved_now:
-            final = done == t.max_steps
-            _checkpoint(ctx, done, rank, metrics, loop_config["model_dir"] if final else None, source.state())
-        reason = stop_requested(control, rank, world) if done < t.max_steps else None
-        if reason is not None:
-            if not saved_now:
-                _checkpoint(ctx, done, rank, {**metrics, "stopped": True}, None, source.state())
-            if rank == 0:
-                print(f"[train] stopped after step {done} ({reason}); checkpoint written", flush=True)
+        if _end_of_step(ctx, cfg, done, rank, world, metrics, source, loop_config, control, preempt):
             break
         _inject_faults(t, done, start, rank, world, loop_config.get("run_id"))
     source.close()

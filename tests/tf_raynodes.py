@@ -1,0 +1,103 @@
+"""Real `ray start` nodes on 127.0.0.1 for integration tests: a head, extra worker nodes
+joining it, and removing one of them again (as a preempted or scaled-down node would)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class LocalCluster:
+    """A head node started with `ray start --head`; `gcs` is what `ray start --address` and
+    RAY_ADDRESS take, `dashboard` what `ray job submit --address` takes."""
+
+    gcs: str
+    dashboard: str
+    env: dict
+    temp: str
+    workers: dict[int, int] = field(default_factory=dict)  # node-manager port -> num_cpus
+
+    def add_node(self, num_cpus: int) -> int:
+        """`ray start --address` a worker node; returns its node-manager port (its handle)."""
+        port = free_port()
+        cmd = [str(BIN / "ray"), "start", "--address", self.gcs, "--node-ip-address", "127.0.0.1",
+               "--num-cpus", str(num_cpus), "--node-manager-port", str(port), "--node-name", f"tf-node-{port}"]
+        subprocess.run(cmd, check=True, env=self.env, capture_output=True, timeout=120)
+        self.workers[port] = num_cpus
+        return port
+
+    def node_id(self, port: int) -> str:
+        out = subprocess.run([str(BIN / "ray"), "list", "nodes", "--address", self.dashboard, "--format", "json",
+                              "--detail"], env=self.env, capture_output=True, text=True, check=True, timeout=60)
+        [node] = [n for n in json.loads(out.stdout) if n["node_name"] == f"tf-node-{port}" and n["state"] == "ALIVE"]
+        return node["node_id"]
+
+    def drain_node(self, port: int, deadline_s: int) -> None:
+        """Announce the node's preemption (what KubeRay / the autoscaler / a spot reclaim
+        do through the GCS drain API); the node keeps running until `remove_node`."""
+        cmd = [str(BIN / "ray"), "drain-node", "--address", self.gcs, "--node-id", self.node_id(port),
+               "--reason", "DRAIN_NODE_REASON_PREEMPTION", "--reason-message", "test preemption",
+               "--deadline-remaining-seconds", str(deadline_s)]
+        subprocess.run(cmd, env=self.env, capture_output=True, check=True, timeout=60)
+
+    def remove_node(self, port: int) -> None:
+        """SIGTERM the node's raylet (what `ray stop` on that machine does): the node leaves
+        the cluster and the workers on it die."""
+        import psutil
+
+        for proc in psutil.process_iter(["name", "cmdline"]):
+            if proc.info["name"] == "raylet" and f"--node_manager_port={port}" in (proc.info["cmdline"] or []):
+                proc.send_signal(signal.SIGTERM)
+                self.workers.pop(port)
+                return
+        raise LookupError(f"no raylet with node manager port {port}")
+
+    def stop(self) -> None:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=self.env, capture_output=True, timeout=120)
+        if not os.environ.get("TF_KEEP_RAY_TEMP"):
+            shutil.rmtree(self.temp, ignore_errors=True)
+
+
+def start_head(num_cpus: int, extra_env: dict | None = None) -> LocalCluster:
+    """`ray start --head` on loopback with the dashboard (Ray Train's controller needs it)."""
+    # A short temp dir: Ray's unix socket paths must stay under ~107 characters.
+    temp = tempfile.mkdtemp(prefix="tfray", dir="/tmp")
+    port, dash = free_port(), free_port()
+    # Token auth as on a real cluster; the token travels in the environment (not ~/.ray).
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": os.environ.get("RAY_AUTH_TOKEN") or secrets.token_hex(32), **(extra_env or {})}
+    cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", str(num_cpus),
+           "--temp-dir", temp]
+    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=120)
+    return LocalCluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", env, temp)
+
+
+def wait_for(predicate, timeout: float, what: str, poll: float = 0.5):
+    """Poll `predicate()` until it returns something truthy; fail naming `what`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
