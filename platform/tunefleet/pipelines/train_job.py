@@ -191,7 +191,7 @@ def run_train_job(cfg: Config, ship_package: bool = False) -> JobResult:
     from tunefleet.cluster import init_ray
     from tunefleet.data.prepare import prepare_data
     from tunefleet.models.registry import load_tokenizer, resolve_model
-    from tunefleet.train.trainer import build_trainer
+    from tunefleet.train.trainer import build_trainer, ray_train_env
 
     init_ray(ship_package=ship_package)
     model_dir = str(resolve_model(cfg.model.name))
@@ -222,7 +222,8 @@ def run_train_job(cfg: Config, ship_package: bool = False) -> JobResult:
         sample_log.parent.mkdir(parents=True, exist_ok=True)
         loop_config["sample_log"] = str(sample_log)
     try:
-        with _pool_if_rl(rl, cfg, model_dir, name, tracker) as extra, stop_on_sigterm(control) as stop:
+        with _pool_if_rl(rl, cfg, model_dir, name, tracker) as extra, stop_on_sigterm(control) as stop, \
+                ray_train_env(cfg.trainer.elastic):
             loop_config.update(extra)
             result = build_trainer(cfg, loop_config, name, storage_path(cfg)).fit()
     except BaseException:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
+
 from tunefleet.config import Config
 
 
@@ -13,18 +16,27 @@ def _use_gpu(cfg: Config) -> bool:
     return cfg.trainer.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0
 
 
-def _elastic_env() -> None:
-    """Ray Train settings for elastic groups (read from the driver's environment, which Ray
-    Train hands to its controller; a user's own values win)."""
-    import os
-
-    # An elastic group only starts at a size the cluster reports ready, so a placement group
-    # not up within 10 s means that view was stale (a node has just gone): fail fast and
-    # retry at the size now available, instead of Ray's default 60 s wait.
-    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "10")
-    # See node drains (preemption notices) within 2 s, leaving most of the notice period
-    # for the just-in-time checkpoint (train/loop.py).
-    os.environ.setdefault("RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S", "2")
+@contextmanager
+def ray_train_env(elastic: bool):
+    """Around `fit()`: Ray Train settings it reads from the driver's environment and hands
+    to its controller. A user's own values win; the process environment is restored after."""
+    wanted = {
+        # See node drains (preemption notices) within 2 s, not 5, leaving most of the
+        # notice period for the just-in-time checkpoint (train/loop.py).
+        "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": "2",
+    }
+    if elastic:
+        # An elastic group only starts at a size the cluster reports ready, so a placement
+        # group not up within 10 s means that view was stale (a node has just gone): fail
+        # fast and retry at the size now available, instead of Ray's default 60 s wait.
+        wanted["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = "10"
+    added = {k: v for k, v in wanted.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
 
 
 def build_trainer(cfg: Config, loop_config: dict, name: str, storage: str):
@@ -39,8 +51,6 @@ def build_trainer(cfg: Config, loop_config: dict, name: str, storage: str):
     gpu = _use_gpu(cfg)
     t = cfg.trainer
     workers = (t.min_workers, t.max_workers) if t.elastic else t.max_workers
-    if t.elastic:
-        _elastic_env()
     scaling = ScalingConfig(num_workers=workers, use_gpu=gpu,
                             resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if gpu else {})},
                             **({"elastic_resize_monitor_interval_s": t.resize_check_s} if t.elastic else {}))
