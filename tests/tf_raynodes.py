@@ -73,7 +73,7 @@ class LocalCluster:
 
     def stop(self) -> None:
         subprocess.run([str(BIN / "ray"), "stop", "--force"], env=self.env, capture_output=True, timeout=120)
-        if not os.environ.get("TF_KEEP_RAY_TEMP"):
+        if not os.environ.get("TF_KEEP_RAY_TEMP"):  # set it to read Ray's logs after a failure
             shutil.rmtree(self.temp, ignore_errors=True)
 
 

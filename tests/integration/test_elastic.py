@@ -1,6 +1,7 @@
 """Elastic resize on a real multi-node cluster: `ray start --head` with 1 CPU, a job with
 `trainer.num_workers: [1, 2]`; a second node joins (`ray start --address`), the group grows
-to 2; the node is removed, the group shrinks to 1. The global batch stays fixed (gradient
+to 2; the node is drained as preempted (a notice with a deadline: the group writes a
+just-in-time checkpoint) and removed at the deadline, and the group shrinks to 1. The global batch stays fixed (gradient
 accumulation follows the world size), and the sample-id log proves every sample is trained
 on exactly once per epoch across both resizes.
 
@@ -65,6 +66,21 @@ def _history(records: list[dict]) -> dict[int, dict]:
     return {r["step"]: r for r in records}
 
 
+def _assert_exactly_once(history: dict[int, dict]) -> int:
+    """Steps 1..last all present, world sizes 1 -> 2 -> 1, and every complete epoch trains
+    on each sample exactly once. Returns the last step."""
+    last = max(history)
+    assert sorted(history) == list(range(1, last + 1)), f"a step is missing from the history: {sorted(history)}"
+    worlds = [history[s]["world"] for s in range(1, last + 1)]
+    runs = [w for i, w in enumerate(worlds) if i == 0 or w != worlds[i - 1]]
+    assert runs == [1, 2, 1], f"world size per step went {runs}: {worlds}"
+    for epoch in range(last // STEPS_PER_EPOCH):
+        steps = range(epoch * STEPS_PER_EPOCH + 1, (epoch + 1) * STEPS_PER_EPOCH + 1)
+        ids = sorted(i for s in steps for i in history[s]["ids"])
+        assert ids == list(range(NUM_TRAIN)), f"epoch {epoch}: {ids}"
+    return last
+
+
 def test_group_grows_and_shrinks_with_exactly_once_samples(cluster, home):
     log = home / "runs" / "elastic" / "sample_ids.jsonl"
     env = {**cluster.env, "RAY_ADDRESS": cluster.gcs}
@@ -98,19 +114,7 @@ def test_group_grows_and_shrinks_with_exactly_once_samples(cluster, home):
     out = "".join(lines)
     assert proc.returncode == 0, out[-4000:]
 
-    records = _records(log)
-    print("logged (step, world):", [(r["step"], r["world"]) for r in records])
-    print("\n".join(line for line in out.splitlines() if "[train]" in line and "step " not in line[:14]))
-    history = _history(records)
-    last = max(history)
-    assert sorted(history) == list(range(1, last + 1)), "a step is missing from the history"
-    worlds = [history[s]["world"] for s in range(1, last + 1)]
-    runs = [w for i, w in enumerate(worlds) if i == 0 or w != worlds[i - 1]]
-    assert runs == [1, 2, 1], f"world size per step went {runs}"
-    for epoch in range(last // STEPS_PER_EPOCH):  # every complete epoch: each sample exactly once
-        steps = range(epoch * STEPS_PER_EPOCH + 1, (epoch + 1) * STEPS_PER_EPOCH + 1)
-        ids = sorted(i for s in steps for i in history[s]["ids"])
-        assert ids == list(range(NUM_TRAIN)), f"epoch {epoch}: {ids}"
+    last = _assert_exactly_once(_history(_records(log)))
     jit = int(notice.group(1))  # the shrunk group resumes from the just-in-time checkpoint
     resumed_at = [r for r in shrunk if r["world"] == 1][0]["step"] - 1
     assert resumed_at >= jit, f"work before the preemption notice (step {jit}) was lost: resumed at {resumed_at}"
