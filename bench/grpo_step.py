@@ -23,7 +23,8 @@ weights to the rollout engine. What is the same on both sides:
   with `torch.set_num_threads(threads)` doing both generation (HF `generate`; its vLLM
   colocate mode does not run on CPU) and training. With `--staleness 0` tunefleet's
   generation and update alternate, so the update runs on all `--threads` cores
-  (`trainer.torch_threads`) while the engine idles; generation keeps the engine's share. Each side runs in its own subprocess, one after the other.
+  (`trainer.torch_threads`) while the engine idles; generation keeps the engine's share.
+  Each side runs in its own subprocess, one after the other.
 
 What is not the same: generation precision under bf16. tunefleet's vLLM engine holds bf16
 weights (`rollout.dtype=bfloat16`); stock TRL 1.16 with `bf16=True` autocasts only the loss

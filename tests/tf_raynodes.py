@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -34,7 +34,6 @@ class LocalCluster:
     dashboard: str
     env: dict
     temp: str
-    workers: dict[int, int] = field(default_factory=dict)  # node-manager port -> num_cpus
 
     def add_node(self, num_cpus: int) -> int:
         """`ray start --address` a worker node; returns its node-manager port (its handle)."""
@@ -42,7 +41,6 @@ class LocalCluster:
         cmd = [str(BIN / "ray"), "start", "--address", self.gcs, "--node-ip-address", "127.0.0.1",
                "--num-cpus", str(num_cpus), "--node-manager-port", str(port), "--node-name", f"tf-node-{port}"]
         subprocess.run(cmd, check=True, env=self.env, capture_output=True, timeout=120)
-        self.workers[port] = num_cpus
         return port
 
     def node_id(self, port: int) -> str:
@@ -67,7 +65,6 @@ class LocalCluster:
         for proc in psutil.process_iter(["name", "cmdline"]):
             if proc.info["name"] == "raylet" and f"--node_manager_port={port}" in (proc.info["cmdline"] or []):
                 proc.send_signal(signal.SIGTERM)
-                self.workers.pop(port)
                 return
         raise LookupError(f"no raylet with node manager port {port}")
 
@@ -77,14 +74,14 @@ class LocalCluster:
             shutil.rmtree(self.temp, ignore_errors=True)
 
 
-def start_head(num_cpus: int, extra_env: dict | None = None) -> LocalCluster:
+def start_head(num_cpus: int) -> LocalCluster:
     """`ray start --head` on loopback with the dashboard (Ray Train's controller needs it)."""
     # A short temp dir: Ray's unix socket paths must stay under ~107 characters.
     temp = tempfile.mkdtemp(prefix="tfray", dir="/tmp")
     port, dash = free_port(), free_port()
     # Token auth as on a real cluster; the token travels in the environment (not ~/.ray).
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN": os.environ.get("RAY_AUTH_TOKEN") or secrets.token_hex(32), **(extra_env or {})}
+           "RAY_AUTH_TOKEN": os.environ.get("RAY_AUTH_TOKEN") or secrets.token_hex(32)}
     cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", str(num_cpus),
            "--temp-dir", temp]

@@ -160,7 +160,7 @@ def _preemption(notice: _PreemptNotice, done: int, rank: int):
     that node when it goes; a checkpoint now means no step is lost to it."""
     import ray.train
 
-    info = ray.train.get_preemption_info() if hasattr(ray.train, "get_preemption_info") else None
+    info = ray.train.get_preemption_info()
     key = None if info is None else tuple(info.preempted_node_ids)
     if key is None or key == notice.saved_for:
         return None
