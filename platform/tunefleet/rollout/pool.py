@@ -50,6 +50,7 @@ class _Slot:
     handle: object
     load: EngineLoad
     incarnation: str | None = None
+    killed: str | None = None  # the incarnation we killed: its replies until it dies are void
     state: str = "starting"  # starting | ready | recovering | stale | dead
 
 
@@ -146,6 +147,9 @@ class RolloutPool:
         while True:
             try:
                 info = await asyncio.wait_for(slot.handle.ping.remote(), self.cfg.ready_timeout_s)
+                if info["incarnation"] == slot.killed and time.monotonic() < deadline:
+                    await asyncio.sleep(0.2)  # ray.kill is asynchronous: the old process answered
+                    continue
                 async with self._sync_lock:
                     await self._restore(slot, info, self.state)
                 break
@@ -392,7 +396,8 @@ class RolloutPool:
             self.last_sync = {"version": new.version, "engines": len(slots), "seconds": done - start,
                               "stage_s": staged_at - start, "commit_s": done - staged_at,
                               "engine_stage_s": max(staged, default=0.0),
-                              "engine_commit_s": max((c["seconds"] for c in committed), default=0.0)}
+                              "engine_commit_s": max((c["seconds"] for c in committed), default=0.0),
+                              "load": sorted({str(c.get("load")) for c in committed})}
             self._metrics.observe_sync(done - start)
             self._update_gauges()
         for slot in [s for s in self.slots if s.state == "stale"]:
@@ -409,6 +414,7 @@ class RolloutPool:
                     continue
                 except Exception:  # noqa: BLE001 - cannot restore: restart it instead
                     pass
+            slot.killed = slot.incarnation
             ray.kill(slot.handle, no_restart=False)
             self._lost(slot)
 
