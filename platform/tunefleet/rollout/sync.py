@@ -1,9 +1,10 @@
 """Weight sync from the trainer to the RolloutPool: full weights in buckets, or a LoRA adapter.
 
-Full weights travel as safetensors blobs ("buckets" of at most `bucket_mb`), each wrapped in
-a uint8 numpy array and `ray.put` once: the object store then hands every engine a
-zero-copy, read-only view, and `parse_bucket` turns it into tensors without copying
-(`reload_weights` copies them into the engine's parameters at commit).
+Full weights travel as safetensors blobs ("buckets" of at most `bucket_mb`) described by a
+`FullWeights`: engines on the trainer's node map them from shared-memory files (shm.py: no
+copy into the object store, no fresh pages); engines elsewhere get them `ray.put` once, as
+uint8 arrays the object store hands out as zero-copy, read-only views. `parse_bucket` turns
+a blob into tensors without copying; the engine copies them into its weights at commit.
 
 LoRA travels as an `AdapterPayload` (adapter_config.json + adapter_model.safetensors bytes);
 engines write it to a directory and serve it as a new `LoRARequest` (no merge).
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from tunefleet.rollout.samples import SyncError
+from tunefleet.rollout.shm import SHM_DIR, slots_for
 
 ST_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -43,12 +45,14 @@ def hf_names(weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def pack_buckets(weights: Mapping[str, torch.Tensor], bucket_mb: float,
-                 dtype: torch.dtype | None = None, reuse: list[np.ndarray] | None = None) -> list[np.ndarray]:
+                 dtype: torch.dtype | None = None, reuse: list[np.ndarray] | None = None,
+                 allocate: Callable[[int], np.ndarray] | None = None) -> list[np.ndarray]:
     """Split `weights` (name -> tensor, any shapes) into safetensors blobs of about
     `bucket_mb` MiB each (a tensor larger than that gets a bucket of its own). Aliases of
     one tensor are sent once (tied weights). `dtype`: cast floating tensors on the way (an
     engine serving bf16 needs no fp32 copy). `reuse`: the previous call's blobs, written
     over when their layout matches (fresh memory costs page faults worth several copies).
+    `allocate(nbytes)`: where a new blob goes (default: a numpy array; shm.py: a file).
 
     Returns uint8 arrays [nbytes] so that `ray.put` stores them out-of-band (zero-copy get).
     """
@@ -62,13 +66,17 @@ def pack_buckets(weights: Mapping[str, torch.Tensor], bucket_mb: float,
         seen.add(alias)
         nbytes = tensor.numel() * _out_dtype(tensor, dtype).itemsize
         if current and size + nbytes > limit:
-            buckets.append(_blob(current, dtype, reuse[len(buckets)] if len(reuse) > len(buckets) else None))
+            buckets.append(_blob(current, dtype, _nth(reuse, len(buckets)), allocate))
             current, size = {}, 0
         current[name] = tensor.detach()
         size += nbytes
     if current:
-        buckets.append(_blob(current, dtype, reuse[len(buckets)] if len(reuse) > len(buckets) else None))
+        buckets.append(_blob(current, dtype, _nth(reuse, len(buckets)), allocate))
     return buckets
+
+
+def _nth(items: list, i: int):
+    return items[i] if i < len(items) else None
 
 
 def _out_dtype(t: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
@@ -76,7 +84,7 @@ def _out_dtype(t: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
 
 
 def _blob(tensors: dict[str, torch.Tensor], dtype: torch.dtype | None = None,
-          out: np.ndarray | None = None) -> np.ndarray:
+          out: np.ndarray | None = None, allocate: Callable[[int], np.ndarray] | None = None) -> np.ndarray:
     """Write a safetensors blob straight into one numpy buffer (`out` when it has the same
     layout): one parallel torch copy per tensor, where `safetensors.torch.save` copies twice."""
     # Largest elements first keeps every tensor aligned to its element size (as safetensors does).
@@ -93,7 +101,7 @@ def _blob(tensors: dict[str, torch.Tensor], dtype: torch.dtype | None = None,
     prefix = np.frombuffer(len(text).to_bytes(8, "little") + text, dtype=np.uint8)
     base = len(prefix)
     if out is None or out.size != base + offset or not np.array_equal(out[:base], prefix):
-        out = np.empty(base + offset, dtype=np.uint8)
+        out = allocate(base + offset) if allocate else np.empty(base + offset, dtype=np.uint8)
         out[:base] = prefix
     flat = torch.from_numpy(out)
     for name in order:
@@ -244,18 +252,34 @@ class SyncReport:
         return self.pack_s + self.apply_s
 
 
+@dataclass(frozen=True)
+class FullWeights:
+    """Where engines find a full sync's buckets: files that engines on `node_id` map
+    (`paths`, shm.py), and/or object-store refs (`refs`) for engines on other nodes. Refs
+    inside a dataclass are not resolved by Ray on the way into the pool; engines get them."""
+
+    node_id: str | None = None
+    paths: tuple[str, ...] = ()
+    refs: tuple = ()
+
+
 class WeightSync:
     """Pushes a trainer's weights to a RolloutPool actor (call from the trainer's rank 0).
 
     `dtype`: cast floating weights while packing ("auto": to the engines' `rollout.dtype`,
     so a bf16 engine is not sent fp32 it would only cast; None: send as they are).
+    `shared`: pack full weights into shared-memory files for engines on this node (falls
+    back to the object store when /dev/shm is missing or too small).
     """
 
-    def __init__(self, pool, bucket_mb: float = 256, dtype: str | torch.dtype | None = "auto"):
+    def __init__(self, pool, bucket_mb: float = 256, dtype: str | torch.dtype | None = "auto",
+                 shared: bool = True):
         self.pool = pool
         self.bucket_mb = bucket_mb
         self._dtype = dtype
-        self._buffers: list[np.ndarray] = []  # the last full sync's blobs (reused, and resent)
+        self._shared_ok = shared and SHM_DIR.is_dir()
+        self._buffers: list[np.ndarray] = []  # object-store path: the last blobs (reused)
+        self._served: tuple[FullWeights, list[np.ndarray]] | None = None  # the pool's full weights
         self._last: AdapterPayload | None = None  # the last adapter sent, when it was one
 
     @property
@@ -278,14 +302,35 @@ class WeightSync:
         bad = [k for k, v in weights.items() if v.is_floating_point() and not _finite(v)]
         if bad:
             raise SyncError(f"{len(bad)} weights hold NaN/inf, e.g. {bad[:3]}; nothing was sent")
-        # The buffers are kept for the next sync (same layout); ray.put has copied them.
-        self._buffers = pack_buckets(weights, self.bucket_mb, self.dtype, self._buffers)
-        refs = put_buckets(self._buffers)
-        nbytes = sum(int(b.size) for b in self._buffers)
+        here, info = ray.get_runtime_context().get_node_id(), ray.get(self.pool.describe.remote())
+        payload, buffers, slot = self._pack(weights, here, set(info["nodes"]), info["name"])
         t1 = time.perf_counter()
-        version = ray.get(self.pool.sync_full.remote(refs, version))
-        self._last = None
-        return SyncReport(version, "full", nbytes, t1 - t0, time.perf_counter() - t1)
+        version = ray.get(self.pool.sync_full.remote(payload, version))
+        if slot is not None:
+            slots_for(info["name"]).live = slot
+        self._served, self._last = (payload, buffers), None
+        return SyncReport(version, "full", sum(int(b.size) for b in buffers), t1 - t0, time.perf_counter() - t1)
+
+    def _pack(self, weights: dict[str, torch.Tensor], here: str, nodes: set[str],
+              pool_name: str) -> tuple[FullWeights, list[np.ndarray], int | None]:
+        """Pack into shared memory when an engine shares this node (`here`), else into plain
+        buffers; put them in the object store too when an engine is elsewhere. Returns the
+        payload, its buffers and the shared slot written (None: none)."""
+        buffers = slot = None
+        if here in nodes and self._shared_ok:
+            try:
+                shared = slots_for(pool_name)
+                slot = shared.next_slot()
+                buffers = pack_buckets(weights, self.bucket_mb, self.dtype, shared.slots[slot], shared.allocate)
+                paths = shared.store(slot, buffers)
+            except OSError as err:  # /dev/shm too small (ENOSPC) or not writable
+                warnings.warn(f"weight sync: shared memory unavailable ({err}); using the object store")
+                self._shared_ok, buffers, slot = False, None, None
+        if buffers is None:
+            buffers = self._buffers = pack_buckets(weights, self.bucket_mb, self.dtype, self._buffers)
+            paths = ()
+        refs = tuple(put_buckets(buffers)) if not paths or nodes - {here} else ()
+        return FullWeights(here if paths else None, paths, refs), buffers, slot
 
     def lora(self, adapter: AdapterPayload | str | Path, version: int | None = None) -> SyncReport:
         """Send only a LoRA adapter (a payload or a PEFT adapter directory)."""
@@ -308,7 +353,12 @@ class WeightSync:
         if self._last is not None:
             got = ray.get(pool.sync_lora.remote(self._last, version))
             return SyncReport(got, "lora", int(self._last.weights.size), 0.0, time.perf_counter() - t0)
-        if not self._buffers:
+        if self._served is None:
             return SyncReport(ray.get(pool.status.remote())["version"], "none", 0, 0.0, 0.0)
-        got = ray.get(pool.sync_full.remote(put_buckets(self._buffers), version))
-        return SyncReport(got, "full", sum(int(b.size) for b in self._buffers), 0.0, time.perf_counter() - t0)
+        payload, buffers = self._served
+        if not payload.refs and set(ray.get(pool.describe.remote())["nodes"]) - {payload.node_id}:
+            # The rebuilt pool has engines away from the shared files: give them refs too.
+            payload = FullWeights(payload.node_id, payload.paths, tuple(put_buckets(buffers)))
+        got = ray.get(pool.sync_full.remote(payload, version))
+        self._served = (payload, buffers)
+        return SyncReport(got, "full", sum(int(b.size) for b in buffers), 0.0, time.perf_counter() - t0)
