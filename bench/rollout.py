@@ -148,12 +148,17 @@ def run_full_sync(pool, model_dir: str, reps: int = 5, warmup: int = 2) -> dict:
 
 def _timed_syncs(pool, weights, reps: int, warmup: int, shared: bool) -> dict:
     import ray
+    import torch
 
     from tunefleet.rollout.sync import WeightSync
 
     sync = WeightSync(pool, shared=shared)
     reports, phases = [], []
     for _ in range(warmup + reps):
+        with torch.no_grad():  # new values each time, as in training (untimed)
+            for v in weights.values():
+                if v.is_floating_point():
+                    v.add_(1e-4)
         reports.append(sync.full(weights))
         phases.append(ray.get(pool.status.remote())["last_sync"])
     timed = list(range(warmup, warmup + reps))

@@ -58,7 +58,9 @@ def load_in_place(model: torch.nn.Module, named: list[tuple[str, torch.Tensor]])
     lookup_only = _lookup_only_embeddings(model)
     layers = [m for m in packed_layers(model) if id(m) not in lookup_only]
     for layer in layers:
-        # A new kernel handle per layer; the old one is freed with the closure that held it.
+        # Drop the old kernel handle (held by its closure) first: the new one can reuse its
+        # memory, and the peak is one extra layer, not a second copy of the model.
+        layer.cpu_linear = None
         utils.dispatch_cpu_unquantized_gemm(layer, remove_weight=False)
     for layer in packed_layers(model):
         if id(layer) in lookup_only:

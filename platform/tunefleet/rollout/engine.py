@@ -30,7 +30,7 @@ import ray
 
 from tunefleet.config.rollout import RolloutConfig
 from tunefleet.rollout.samples import Request, Rollout, Sample, Sampling, SyncError
-from tunefleet.rollout.shm import SharedMaps
+from tunefleet.rollout.shm import SharedMaps, sweep_dead
 from tunefleet.rollout.sync import (
     AdapterPayload,
     FullWeights,
@@ -100,6 +100,7 @@ class VLLMEngine:
         self._shapes = checkpoint_shapes(model_dir)
         self.node_id = ray.get_runtime_context().get_node_id()
         self._shared = SharedMaps()
+        sweep_dead()  # weight files left by trainers on this node that were killed
         self._vllm_thread = ThreadPoolExecutor(1, thread_name_prefix=f"vllm-engine{index}")
         self.llm = self._on_vllm_thread(self._build_llm)
         self._tied = bool(getattr(self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False))

@@ -11,8 +11,9 @@ bytes stay intact for restoring a restarted engine and for a failed sync (nothin
 Engines on other nodes get the same buckets through the object store (sync.py decides).
 A process keeps one slot pair per pool (`slots_for`): which slot is served is a fact about
 the pool, and the served files must outlive any one WeightSync (a restarted engine restores
-from them). Files are removed when the process exits, and files of processes that died
-without cleaning up are swept by the next `SharedSlots` created on the node.
+from them). Files are removed by `release` (a trainer's end), else when the process exits;
+files of processes that died without either (a killed Ray worker) are swept by the next
+`SharedSlots` or engine started on the node.
 """
 
 from __future__ import annotations
@@ -46,6 +47,13 @@ def slots_for(pool_name: str) -> "SharedSlots":
     if pool_name not in _BY_POOL:
         _BY_POOL[pool_name] = SharedSlots()
     return _BY_POOL[pool_name]
+
+
+def release(pool_name: str) -> None:
+    """Delete this process's files for the pool (engines keep what they have mapped)."""
+    slots = _BY_POOL.pop(pool_name, None)
+    if slots is not None:
+        slots.close()
 
 
 class SharedSlots:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from tunefleet.rollout.samples import SyncError
-from tunefleet.rollout.shm import SHM_DIR, slots_for
+from tunefleet.rollout.shm import SHM_DIR, release, slots_for
 
 ST_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -281,6 +281,7 @@ class WeightSync:
         self._buffers: list[np.ndarray] = []  # object-store path: the last blobs (reused)
         self._served: tuple[FullWeights, list[np.ndarray]] | None = None  # the pool's full weights
         self._last: AdapterPayload | None = None  # the last adapter sent, when it was one
+        self._pool_name: str | None = None
 
     @property
     def dtype(self) -> torch.dtype | None:
@@ -308,6 +309,7 @@ class WeightSync:
         version = ray.get(self.pool.sync_full.remote(payload, version))
         if slot is not None:
             slots_for(info["name"]).live = slot
+        self._pool_name = info["name"]
         self._served, self._last = (payload, buffers), None
         return SyncReport(version, "full", sum(int(b.size) for b in buffers), t1 - t0, time.perf_counter() - t1)
 
@@ -331,6 +333,12 @@ class WeightSync:
             paths = ()
         refs = tuple(put_buckets(buffers)) if not paths or nodes - {here} else ()
         return FullWeights(here if paths else None, paths, refs), buffers, slot
+
+    def close(self) -> None:
+        """Delete the shared-memory files (a trainer's end: engines keep what they loaded)."""
+        if self._served is not None and self._served[0].paths:
+            release(self._pool_name)
+        self._served = None
 
     def lora(self, adapter: AdapterPayload | str | Path, version: int | None = None) -> SyncReport:
         """Send only a LoRA adapter (a payload or a PEFT adapter directory)."""

@@ -101,6 +101,8 @@ class RolloutSource:
 
     def close(self) -> None:
         self._pending.clear()
+        if self.sync is not None:
+            self.sync.close()
 
     # ------------------------------------------------------------ rank 0: sampling
     def _sampling(self):

@@ -120,3 +120,11 @@ def test_no_room_in_shm_falls_back_to_the_object_store(tmp_path, monkeypatch):
 
 def test_one_slot_pair_per_pool_in_a_process():
     assert shm.slots_for("pool-a") is shm.slots_for("pool-a") is not shm.slots_for("pool-b")
+
+
+def test_release_deletes_the_pools_files(tmp_path, monkeypatch):
+    slots = SharedSlots(tmp_path)
+    slots.store(0, pack_buckets(_weights(), 1, None, [], slots.allocate))
+    monkeypatch.setitem(shm._BY_POOL, "pool-r", slots)
+    shm.release("pool-r")
+    assert _files(tmp_path) == [] and "pool-r" not in shm._BY_POOL
