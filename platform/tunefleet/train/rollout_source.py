@@ -70,6 +70,7 @@ class RolloutSource:
         self.version = 0  # the pool's policy version that holds this trainer's weights
         self._pending: dict[int, object] = {}  # step -> ObjectRef of its rollouts (generate-ahead)
         self.pool = self.sync = self.reward = None
+        self._merged: dict = {}  # merged-LoRA weight buffers, reused every sync (rank 0)
         self.model_dir, self.pool_cfg = loop_config["model_dir"], loop_config.get("pool_config")
         self.rebuilds = 0
         if rank == 0:
@@ -313,7 +314,8 @@ class RolloutSource:
         else:
             from tunefleet.models.lora import merged_weights
 
-            payload = merged_weights(weights, policy.module.lm.peft_config["default"]) if policy.is_lora else weights
+            peft_config = policy.module.lm.peft_config["default"] if policy.is_lora else None
+            payload = merged_weights(weights, peft_config, self._merged) if policy.is_lora else weights
             send = self.sync.full
         for attempt in range(POOL_REBUILDS + 1):
             try:

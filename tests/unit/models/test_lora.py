@@ -86,10 +86,15 @@ def test_merged_weights_equal_peft_merge_and_unload(tiny_dir):
             if "lora_B" in name:
                 p.copy_(torch.randn_like(p))  # B starts at 0 (a no-op adapter); make it matter
     wrapped = TokenLogpModel(model)  # the trainer's naming: `lm.base_model.model....`
-    merged = merged_weights(wrapped.state_dict(), model.peft_config["default"])
+    state = {k: (0 * v if "lora_B" in k else v).clone() for k, v in wrapped.state_dict().items()}
+    buffers = {}
+    merged_weights(state, model.peft_config["default"], buffers)  # a previous sync's values
+    merged = merged_weights(wrapped.state_dict(), model.peft_config["default"], buffers)
     want = {k: v.clone() for k, v in model.merge_and_unload().state_dict().items()}
     assert set(merged) == set(want)
     for k in want:
         torch.testing.assert_close(merged[k], want[k], rtol=1e-5, atol=1e-6)
+    q = "model.layers.0.self_attn.q_proj.weight"  # written into the kept buffer, not fresh memory
+    assert merged[q].data_ptr() == buffers[q].data_ptr()
     assert not torch.equal(merged["model.layers.0.self_attn.q_proj.weight"],
                            load_model(tiny_dir).state_dict()["model.layers.0.self_attn.q_proj.weight"])
