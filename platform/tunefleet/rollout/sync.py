@@ -46,13 +46,16 @@ def hf_names(weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def pack_buckets(weights: Mapping[str, torch.Tensor], bucket_mb: float,
                  dtype: torch.dtype | None = None, reuse: list[np.ndarray] | None = None,
-                 allocate: Callable[[int], np.ndarray] | None = None) -> list[np.ndarray]:
+                 allocate: Callable[[int], np.ndarray] | None = None,
+                 nonfinite: list[str] | None = None) -> list[np.ndarray]:
     """Split `weights` (name -> tensor, any shapes) into safetensors blobs of about
     `bucket_mb` MiB each (a tensor larger than that gets a bucket of its own). Aliases of
     one tensor are sent once (tied weights). `dtype`: cast floating tensors on the way (an
     engine serving bf16 needs no fp32 copy). `reuse`: the previous call's blobs, written
     over when their layout matches (fresh memory costs page faults worth several copies).
     `allocate(nbytes)`: where a new blob goes (default: a numpy array; shm.py: a file).
+    `nonfinite`: when given, the names of floating tensors holding NaN/inf are appended to
+    it (each is checked as written, while its bytes are still in cache).
 
     Returns uint8 arrays [nbytes] so that `ray.put` stores them out-of-band (zero-copy get).
     """
@@ -66,12 +69,12 @@ def pack_buckets(weights: Mapping[str, torch.Tensor], bucket_mb: float,
         seen.add(alias)
         nbytes = tensor.numel() * _out_dtype(tensor, dtype).itemsize
         if current and size + nbytes > limit:
-            buckets.append(_blob(current, dtype, _nth(reuse, len(buckets)), allocate))
+            buckets.append(_blob(current, dtype, _nth(reuse, len(buckets)), allocate, nonfinite))
             current, size = {}, 0
         current[name] = tensor.detach()
         size += nbytes
     if current:
-        buckets.append(_blob(current, dtype, _nth(reuse, len(buckets)), allocate))
+        buckets.append(_blob(current, dtype, _nth(reuse, len(buckets)), allocate, nonfinite))
     return buckets
 
 
@@ -84,7 +87,8 @@ def _out_dtype(t: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
 
 
 def _blob(tensors: dict[str, torch.Tensor], dtype: torch.dtype | None = None,
-          out: np.ndarray | None = None, allocate: Callable[[int], np.ndarray] | None = None) -> np.ndarray:
+          out: np.ndarray | None = None, allocate: Callable[[int], np.ndarray] | None = None,
+          nonfinite: list[str] | None = None) -> np.ndarray:
     """Write a safetensors blob straight into one numpy buffer (`out` when it has the same
     layout): one parallel torch copy per tensor, where `safetensors.torch.save` copies twice."""
     # Largest elements first keeps every tensor aligned to its element size (as safetensors does).
@@ -106,7 +110,10 @@ def _blob(tensors: dict[str, torch.Tensor], dtype: torch.dtype | None = None,
     flat = torch.from_numpy(out)
     for name in order:
         t, (begin, end) = tensors[name], header[name]["data_offsets"]
-        flat[base + begin:base + end].view(_out_dtype(t, dtype)).view(t.shape).copy_(t)
+        written = flat[base + begin:base + end].view(_out_dtype(t, dtype))
+        written.view(t.shape).copy_(t)
+        if nonfinite is not None and written.is_floating_point() and not _finite(written):
+            nonfinite.append(name)
     return out
 
 
@@ -177,8 +184,11 @@ def check_full_weights(named: list[tuple[str, torch.Tensor]], expected: dict[str
 
 def _finite(t: torch.Tensor) -> bool:
     """No NaN/inf in `t`: one reduction pass instead of a bool tensor per weight (a single
-    NaN or inf makes the float32 sum non-finite; real weights cannot overflow it)."""
-    return bool(torch.isfinite(torch.sum(t, dtype=torch.float32)))
+    NaN or inf makes the sum non-finite; real weights cannot overflow float32's range).
+    float32 and bfloat16 sum natively (CPU accumulates bf16 in float, 15x faster than
+    asking for a float32 result); float16 would overflow at 65504, so it sums to float32."""
+    total = torch.sum(t, dtype=torch.float32) if t.dtype == torch.float16 else torch.sum(t)
+    return bool(torch.isfinite(total))
 
 
 # ---------------------------------------------------------------- LoRA adapters
@@ -299,10 +309,6 @@ class WeightSync:
 
         t0 = time.perf_counter()
         weights = hf_names(dict(weights))
-        # Values are checked here, once, not on every engine (a scan costs more than a copy).
-        bad = [k for k, v in weights.items() if v.is_floating_point() and not _finite(v)]
-        if bad:
-            raise SyncError(f"{len(bad)} weights hold NaN/inf, e.g. {bad[:3]}; nothing was sent")
         here, info = ray.get_runtime_context().get_node_id(), ray.get(self.pool.describe.remote())
         payload, buffers, slot = self._pack(weights, here, set(info["nodes"]), info["name"])
         t1 = time.perf_counter()
@@ -317,20 +323,27 @@ class WeightSync:
               pool_name: str) -> tuple[FullWeights, list[np.ndarray], int | None]:
         """Pack into shared memory when an engine shares this node (`here`), else into plain
         buffers; put them in the object store too when an engine is elsewhere. Returns the
-        payload, its buffers and the shared slot written (None: none)."""
+        payload, its buffers and the shared slot written (None: none). Raises SyncError,
+        before anything is sent, when a weight holds NaN/inf."""
         buffers = slot = None
+        # Values are checked here, once, as they are packed, not on every engine (a separate
+        # scan of the fp32 weights costs more than the check of each bucket slice in cache).
+        bad: list[str] = []
         if here in nodes and self._shared_ok:
             try:
                 shared = slots_for(pool_name)
                 slot = shared.next_slot()
-                buffers = pack_buckets(weights, self.bucket_mb, self.dtype, shared.slots[slot], shared.allocate)
-                paths = shared.store(slot, buffers)
+                buffers = pack_buckets(weights, self.bucket_mb, self.dtype, shared.slots[slot], shared.allocate, bad)
+                paths = shared.store(slot, buffers)  # the slot is not served: written over freely
             except OSError as err:  # /dev/shm too small (ENOSPC) or not writable
                 warnings.warn(f"weight sync: shared memory unavailable ({err}); using the object store")
                 self._shared_ok, buffers, slot = False, None, None
+                bad.clear()
         if buffers is None:
-            buffers = self._buffers = pack_buckets(weights, self.bucket_mb, self.dtype, self._buffers)
+            buffers = self._buffers = pack_buckets(weights, self.bucket_mb, self.dtype, self._buffers, nonfinite=bad)
             paths = ()
+        if bad:
+            raise SyncError(f"{len(bad)} weights hold NaN/inf, e.g. {bad[:3]}; nothing was sent")
         refs = tuple(put_buckets(buffers)) if not paths or nodes - {here} else ()
         return FullWeights(here if paths else None, paths, refs), buffers, slot
 

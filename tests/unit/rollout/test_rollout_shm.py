@@ -12,7 +12,7 @@ import torch
 
 from tunefleet.rollout import shm
 from tunefleet.rollout.shm import SharedMaps, SharedSlots, sweep_dead
-from tunefleet.rollout.sync import WeightSync, pack_buckets, parse_bucket
+from tunefleet.rollout.sync import SyncError, WeightSync, pack_buckets, parse_bucket
 
 
 def _weights(seed=0):
@@ -128,3 +128,16 @@ def test_release_deletes_the_pools_files(tmp_path, monkeypatch):
     monkeypatch.setitem(shm._BY_POOL, "pool-r", slots)
     shm.release("pool-r")
     assert _files(tmp_path) == [] and "pool-r" not in shm._BY_POOL
+
+
+@pytest.mark.parametrize("nodes", [{"n1"}, {"n2"}])  # shared memory / the object store
+def test_non_finite_weights_are_refused_before_anything_is_sent(tmp_path, monkeypatch, nodes):
+    sent = []
+    monkeypatch.setattr("tunefleet.rollout.sync.slots_for", lambda name: SharedSlots(tmp_path))
+    monkeypatch.setattr("tunefleet.rollout.sync.put_buckets", lambda bufs: sent.extend(bufs) or ["ref"])
+    w = _weights()
+    w["a"][3, 7] = float("nan")
+    w["b"][0] = float("inf")
+    with pytest.raises(SyncError, match=r"2 weights hold NaN/inf, e.g. \['a', 'b'\]"):
+        WeightSync(pool=None, dtype=torch.bfloat16)._pack(w, "n1", nodes, "pool")
+    assert sent == []

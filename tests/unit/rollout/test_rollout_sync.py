@@ -9,6 +9,7 @@ import torch
 from tunefleet.rollout.samples import SyncError
 from tunefleet.rollout.sync import (
     AdapterPayload,
+    _finite,
     adapter_from_dir,
     adapter_from_peft,
     check_adapter,
@@ -69,6 +70,16 @@ def test_check_full_weights_refuses_what_does_not_fit(tmp_path):
         check_full_weights([("w", torch.ones(2, 3))], shapes)
     with pytest.raises(SyncError, match="non-finite"):
         check_full_weights([("w", torch.full((2, 3), float("nan"))), ("v", torch.ones(3))], shapes)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_finiteness_check_finds_nan_and_inf_without_false_alarms(dtype):
+    big = torch.full((100_000,), 60_000.0, dtype=dtype)  # sums far past float16's 65504
+    assert _finite(big)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        t = big.clone()
+        t[12_345] = bad
+        assert not _finite(t)
 
 
 def test_adapter_payload_from_peft_round_trips_through_a_directory(tmp_path):
