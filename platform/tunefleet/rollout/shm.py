@@ -30,15 +30,6 @@ SHM_DIR = Path("/dev/shm")
 PREFIX = "tunefleet-weights-"
 
 
-def shm_free_bytes(directory: Path = SHM_DIR) -> int:
-    """Bytes free in `directory` (0 when it does not exist)."""
-    try:
-        st = os.statvfs(directory)
-    except OSError:
-        return 0
-    return st.f_bavail * st.f_frsize
-
-
 _BY_POOL: dict[str, "SharedSlots"] = {}
 
 

@@ -314,8 +314,9 @@ class RolloutSource:
         else:
             from tunefleet.models.lora import merged_weights
 
-            peft_config = policy.module.lm.peft_config["default"] if policy.is_lora else None
-            payload = merged_weights(weights, peft_config, self._merged) if policy.is_lora else weights
+            payload = weights
+            if policy.is_lora:
+                payload = merged_weights(weights, policy.module.lm.peft_config["default"], self._merged)
             send = self.sync.full
         for attempt in range(POOL_REBUILDS + 1):
             try:
