@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -58,7 +59,7 @@ class LocalCluster:
         subprocess.run(cmd, env=self.env, capture_output=True, check=True, timeout=60)
 
     def remove_node(self, port: int) -> None:
-        """SIGTERM the node's raylet (what `ray stop` on that machine does): the node leaves
+        """SIGTERM the node's raylet (what stopping Ray on that machine does): the node leaves
         the cluster and the workers on it die."""
         import psutil
 
@@ -68,8 +69,44 @@ class LocalCluster:
                 return
         raise LookupError(f"no raylet with node manager port {port}")
 
+    def processes(self) -> list:
+        """Every live process of this cluster, and only of this one: the processes whose
+        command line names its temp dir (GCS, raylets of every node, dashboard, monitors) or
+        its GCS port (the client server), and all their descendants (workers, agents)."""
+        import psutil
+
+        on_gcs = re.compile(rf"--(gcs-)?address=\S+:{self.gcs.rsplit(':', 1)[1]}(\s|$)")
+        roots = []
+        for proc in psutil.process_iter(["cmdline"]):
+            line = " ".join(proc.info["cmdline"] or [])
+            if self.temp in line or on_gcs.search(line):
+                roots.append(proc)
+        found = {p.pid: p for p in roots}
+        for proc in roots:
+            try:
+                found.update({c.pid: c for c in proc.children(recursive=True)})
+            except psutil.NoSuchProcess:
+                pass
+        return list(found.values())
+
     def stop(self) -> None:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=self.env, capture_output=True, timeout=120)
+        """Stop this cluster's processes only (never `ray stop`, which stops every Ray
+        instance on the machine, another user's included): SIGTERM, then SIGKILL after 15 s."""
+        import psutil
+
+        procs = self.processes()
+        for proc in procs:
+            try:
+                proc.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=15)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=10)
         if not os.environ.get("TF_KEEP_RAY_TEMP"):  # set it to read Ray's logs after a failure
             shutil.rmtree(self.temp, ignore_errors=True)
 
