@@ -14,8 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
-GSM8K_PATH = Path("/work/shared/data/gsm8k/train.jsonl")
-HH_HARMLESS_PATH = Path("/work/shared/data/hh-rlhf-harmless/test.jsonl.gz")
+# ../shared beside the checkout (developer and CI machines only; never an absolute path).
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+GSM8K_PATH = SHARED / "data" / "gsm8k" / "train.jsonl"
+HH_HARMLESS_PATH = SHARED / "data" / "hh-rlhf-harmless" / "test.jsonl.gz"
 
 # Both sides of a comparison get the same thread settings; OMP/MKL are read at import time,
 # so they must be set in the environment of the subprocess, not only via torch.set_num_threads.
