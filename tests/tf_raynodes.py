@@ -117,7 +117,9 @@ def start_head(num_cpus: int) -> LocalCluster:
     temp = tempfile.mkdtemp(prefix="tfray", dir="/tmp")
     port, dash = free_port(), free_port()
     # Token auth as on a real cluster; the token travels in the environment (not ~/.ray).
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+    # Without RAY_ADDRESS: a cluster this process is connected to must not leak into this one's env.
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_AUTH_MODE": "token",
            "RAY_AUTH_TOKEN": os.environ.get("RAY_AUTH_TOKEN") or secrets.token_hex(32)}
     cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", str(num_cpus),

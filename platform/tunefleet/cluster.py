@@ -83,3 +83,15 @@ def init_ray(ship_package: bool = False, dashboard: bool = True, num_cpus: int |
                  log_to_driver=True)
         _STARTED_ADDRESS = os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     return ray
+
+
+def shutdown_ray() -> None:
+    """ray.shutdown(), and forget the RAY_ADDRESS of a local cluster this process started,
+    so that subprocesses started afterwards do not dial the dead cluster."""
+    global _STARTED_ADDRESS
+    import ray
+
+    ray.shutdown()
+    if _STARTED_ADDRESS is not None and os.environ.get("RAY_ADDRESS") == _STARTED_ADDRESS:
+        del os.environ["RAY_ADDRESS"]
+    _STARTED_ADDRESS = None

@@ -8,8 +8,8 @@ def ray_cluster():
     """A local 2-CPU Ray cluster with the dashboard (Ray Train's controller queries it)."""
     import ray
 
-    from tunefleet.cluster import init_ray
+    from tunefleet.cluster import init_ray, shutdown_ray
 
     init_ray(num_cpus=2)
     yield ray
-    ray.shutdown()
+    shutdown_ray()
