@@ -1,4 +1,4 @@
-"""`tunefleet run | validate | score | generate | demo`.
+"""`tunefleet run | validate | score | generate | export | models | demo`.
 
 Config errors exit with status 2 before anything heavy is imported; the last line a run
 prints is one line of JSON: {"run_id": ..., "metrics": {...}, "artifacts": [...]}.
@@ -50,6 +50,17 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     sp.add_argument("--source-run-id", default=None, help="the MLflow run that trained the model (lineage tag)")
     sp.add_argument("--experiment", default="tunefleet-generate")
+    sp = sub.add_parser("export", help="a run's checkpoint -> one HF directory (LoRA merged); logged to MLflow")
+    sp.add_argument("run_id", help="the training run's MLflow run id")
+    sp.add_argument("out", help="new directory to write (safetensors, tokenizer, chat template, lineage)")
+    sp.add_argument("--checkpoint", type=int, default=None, metavar="N",
+                    help="export checkpoint_N (default: the newest verified one with an export/)")
+    sp.add_argument("--register", metavar="NAME", default=None, help="also create a new version of registered "
+                    "model NAME in the MLflow Model Registry, tagged with its lineage")
+    sp.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or the local store")
+    sp = sub.add_parser("models", help="list registered model versions with their lineage")
+    sp.add_argument("name", nargs="?", default=None, help="only this registered model")
+    sp.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or the local store")
     sp = sub.add_parser("demo", help="LoRA SFT of SmolLM2-135M-Instruct on the arith task, with eval before/after")
     sp.add_argument("overrides", nargs="*", help="dotted overrides for the demo config")
     return p
@@ -98,6 +109,23 @@ def _generate(args) -> int:
     return 0
 
 
+def _export_or_list(args) -> int:
+    from tunefleet.models.export import ExportError
+    from tunefleet.pipelines.export_job import ExportRequest, list_models, run_export
+
+    if args.command == "models":
+        print(list_models(args.name, args.tracking_uri))
+        return 0
+    try:
+        res = run_export(ExportRequest(args.run_id, args.out, args.checkpoint, args.register, args.tracking_uri))
+    except ExportError as err:
+        print(f"export error: {err}", file=sys.stderr)
+        return 2
+    reg = f"; registered models:/{args.register}/{res.version}" if res.version else ""
+    print(f"exported step {res.step} -> {res.out}; MLflow model {res.model_uri}{reg}", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None, ship_package: bool = False) -> int:
     """Entry point of the `tunefleet` console script and of jobs/run.py."""
     args = _parser().parse_args(argv)
@@ -109,6 +137,8 @@ def main(argv: list[str] | None = None, ship_package: bool = False) -> int:
         return 0
     if args.command == "generate":
         return _generate(args)
+    if args.command in ("export", "models"):
+        return _export_or_list(args)
     if args.command == "demo":
         return _run(_load(DEMO_CONFIG, args.overrides), ship_package)
     if args.command == "run" and args.resume:
