@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup lint demo test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -25,10 +25,13 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(BIN)/tunefleet demo
 
-test: setup
+lint: setup
+	$(BIN)/ruff check .
+
+test: lint
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
-test-fast: setup
+test-fast: lint
 	$(BIN)/python -m pytest tests -m "not slow" $(PYTEST_ARGS)
 
 bench: setup

@@ -165,7 +165,8 @@ def _timed_syncs(pool, weights, reps: int, warmup: int, shared: bool) -> dict:
     mid = sorted(timed, key=lambda i: reports[i].seconds)[len(timed) // 2]
     r = reports[mid]
     return {"sync_s": r.seconds, "sync_pack_s": r.pack_s, "sync_apply_s": r.apply_s, "sync_bytes": r.nbytes,
-            "sync_dtype": str(sync.dtype), "sync_phases": phases[mid], "sync_all_s": [reports[i].seconds for i in timed]}
+            "sync_dtype": str(sync.dtype), "sync_phases": phases[mid],
+            "sync_all_s": [reports[i].seconds for i in timed]}
 
 
 def run_lora(args, model_dir: str) -> dict:

@@ -21,7 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    GSM8K_PATH, flop_limit_tokens_per_s, matmul_gflops, run_side, sft_examples, trl_row,
+    GSM8K_PATH,
+    flop_limit_tokens_per_s,
+    matmul_gflops,
+    run_side,
+    sft_examples,
+    trl_row,
 )
 
 LOSS_TOLERANCE = 0.05

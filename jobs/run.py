@@ -1,8 +1,9 @@
 """`ray job submit` entrypoint:
 
-    ray job submit --working-dir . --runtime-env jobs/runtime_env.yaml -- python jobs/run.py jobs/configs/sft_lora.yaml trainer.num_workers=2
+    ray job submit --working-dir . --runtime-env jobs/runtime_env.yaml -- \
+        python jobs/run.py jobs/configs/sft_lora.yaml trainer.num_workers=2
 
-Uses RAY_ADDRESS (set by `ray job submit`) or an existing cluster, and ships this checkout's
+Uses RAY_ADDRESS (set by `ray job submit`; without it, a new local cluster), and ships this checkout's
 `tunefleet` package to the workers, so the cluster image needs only the dependencies.
 """
 

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from tf_testutil import shared_path
 
 pytestmark = pytest.mark.slow

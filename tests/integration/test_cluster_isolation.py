@@ -9,7 +9,6 @@ the unrelated cluster or trip over it ("Found multiple active Ray instances").
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import psutil

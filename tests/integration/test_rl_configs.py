@@ -15,7 +15,9 @@ TINY = ["model.name=tiny-llama", "model.lora.r=4", "data.num_train=32", "data.nu
         "trainer.batch_size=8", "trainer.micro_batch_size=4", "trainer.bf16=false", "algorithm.group_size=4",
         "algorithm.max_new_tokens=8", "algorithm.rollout_sample_every=2", "rollout.dtype=float32",
         "rollout.max_model_len=256", "eval.max_new_tokens=4", "checkpoint.every_steps=0",
-        "trainer.status_every_s=30"]
+        "trainer.status_every_s=30",
+        # The random tiny model never solves arith: a format term gives the groups variance.
+        "rewards=[{type: task}, {type: format, params: {pattern: '[0-9]'}}]"]
 
 
 def _history(cfg, run_id, key):
@@ -30,7 +32,8 @@ def test_rl_sample_config_runs_with_tiny_llama(ray_cluster, home, name, sync):
                       TINY + [f"tracking.uri=sqlite:///{home}/mlflow.db", f"rollout.lora_sync={sync}"])
     result = run_train_job(cfg)
     assert sorted(_history(cfg, result.run_id, "loss")) == [1, 2, 3]
-    for key in ("reward_mean", "reward_std", "accuracy", "entropy", "clip_frac", "response_len", "staleness_mean",
+    for key in ("reward_mean", "reward/mean_all", "reward/task", "reward/format", "groups_kept", "reward_std",
+                "accuracy", "entropy", "clip_frac", "response_len", "staleness_mean",
                 "rollout_s", "update_s", "sync_s"):
         assert sorted(_history(cfg, result.run_id, key)) == [1, 2, 3], key
     # Strictly on-policy: every sample came from the weights being trained at that step.

@@ -31,7 +31,8 @@ def _mean(values):
 def test_grpo_raises_the_reward(ray_cluster, home, staleness):
     cfg = load_config(GRPO, TINY + [
         f"tracking.uri=sqlite:///{home}/mlflow.db", f"rollout.max_staleness={staleness}", "trainer.max_steps=20",
-        "trainer.batch_size=32", "trainer.micro_batch_size=32", "algorithm.group_size=8", "trainer.lr=2e-2", "model.lora=null",
+        "trainer.batch_size=32", "trainer.micro_batch_size=32", "algorithm.group_size=8", "trainer.lr=2e-2",
+        "model.lora=null",
         "algorithm.drop_zero_variance=false", "checkpoint.every_steps=0", "eval.after=false"])
     run = run_train_job(cfg).run_id
     reward = metric_history(cfg.tracking.uri, run, "reward_mean")

@@ -1,8 +1,8 @@
 """SFT through the real stack: Ray Train workers, FSDP2, checkpoints, MLflow."""
 
 import pytest
-from tf_testutil import metric_history
 from mlflow.tracking import MlflowClient
+from tf_testutil import metric_history
 
 from tunefleet.config import load_config
 from tunefleet.pipelines.train_job import run_train_job

@@ -1,7 +1,6 @@
 """Layout guards: `platform/` is never a package, layering holds, every module imports."""
 
 import ast
-import importlib
 import pkgutil
 import subprocess
 import sys

@@ -8,6 +8,7 @@ sharding invariant by construction instead of by luck.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -41,6 +42,22 @@ class LossOutput:
 
     loss: torch.Tensor
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StepStatistic:
+    """A statistic of the whole optimizer step that a loss needs (KTO's KL baseline): the
+    step (train/step.py) computes every micro-batch's no-grad extras first, adds up
+    `partial(extras)` over its micro-batches and all ranks, and hands `finish(sums)` to
+    every micro-batch's loss as more extras. So the loss stays a pure function and still
+    sees one value per step, whatever the micro-batching or the number of ranks.
+
+    partial: a micro-batch's extras -> {name: float} sums (the same names on every call).
+    finish:  {name: summed float} -> {name: scalar tensor} extras.
+    """
+
+    partial: Callable[[dict[str, torch.Tensor]], dict[str, float]]
+    finish: Callable[[dict[str, float]], dict[str, torch.Tensor]]
 
 
 def masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

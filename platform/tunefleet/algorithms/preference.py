@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tunefleet.algorithms.base import LossInputs, LossOutput, sequence_sum
+from tunefleet.algorithms.base import LossInputs, LossOutput, StepStatistic, sequence_sum
 
 
 def split_pairs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,25 +102,53 @@ def orpo_loss(inputs: LossInputs, cfg) -> LossOutput:
     return LossOutput(per_pair.sum() / n, metrics)
 
 
+def _kto_sums(extras: dict[str, torch.Tensor]) -> dict[str, float]:
+    """One micro-batch's part of the step's KTO statistics: the sum and count of its
+    mismatched pairs' log-ratios kl_logps - ref_kl_logps [B], and its desirable and
+    undesirable rows (kto_label [B])."""
+    kl = (extras["kl_logps"].double() - extras["ref_kl_logps"].double())
+    good = extras["kto_label"].double()
+    return {"kl_sum": float(kl.sum()), "kl_rows": float(kl.numel()), "desirable": float(good.sum()),
+            "undesirable": float((1 - good).sum())}
+
+
+def _kto_finish(sums: dict[str, float]) -> dict[str, torch.Tensor]:
+    """z0 = clamp(mean log-ratio of the step's mismatched pairs, min=0) (no gradient: it is
+    a baseline, not a target) and the step's row counts of each side."""
+    z0 = max(sums["kl_sum"] / max(sums["kl_rows"], 1.0), 0.0)
+    return {"kl_z0": torch.tensor(z0), "kto_desirable": torch.tensor(sums["desirable"]),
+            "kto_undesirable": torch.tensor(sums["undesirable"])}
+
+
+# Evaluated by the step over every micro-batch and rank (algorithms/base.py StepStatistic).
+KTO_STEP_STATISTIC = StepStatistic(_kto_sums, _kto_finish)
+
+
 def kto_loss(inputs: LossInputs, cfg) -> LossOutput:
     """KTO on unpaired rows [B] with extras kto_label (1 desirable / 0 undesirable).
 
-    r = pi - ref; z0 = clamp(mean(kl_logps - ref_kl_logps), min=0), detached, from
-    mismatched prompt/completion pairs of the micro-batch. Desirable rows: w_d (1 -
-    sigmoid(beta (r - z0))); undesirable: w_u (1 - sigmoid(beta (z0 - r))).
+    r = pi - ref; z0 = clamp(mean(kl_logps - ref_kl_logps), min=0) over the mismatched
+    prompt/completion pairs of the whole step, detached: extras "kl_z0" (and the step's
+    side counts "kto_desirable", "kto_undesirable") from KTO_STEP_STATISTIC; without them
+    this micro-batch is taken as the whole step. Desirable rows: w_d (1 - sigmoid(beta (r -
+    z0))); undesirable: w_u (1 - sigmoid(beta (z0 - r))). Metrics: kl (z0), and the step
+    means of beta * r over its desirable rows (rewards/chosen) and its undesirable ones
+    (rewards/rejected; 0 for a side the step lacks).
     """
     r = sequence_sum(inputs.logps, inputs.mask) - reference_seq_logps(inputs)
-    z0 = (inputs.extras["kl_logps"] - inputs.extras["ref_kl_logps"]).mean().clamp(min=0).detach()
+    step = inputs.extras if "kl_z0" in inputs.extras else _kto_finish(_kto_sums(inputs.extras))
+    z0 = step["kl_z0"].to(r.device, r.dtype).detach()
     good = inputs.extras["kto_label"].to(r.dtype)
     desirable = cfg.desirable_weight * (1 - torch.sigmoid(cfg.beta * (r - z0)))
     undesirable = cfg.undesirable_weight * (1 - torch.sigmoid(cfg.beta * (z0 - r)))
     per_row = good * desirable + (1 - good) * undesirable
     n = inputs.num_sequences
     rewards = cfg.beta * r.detach()
-    # Batch-local means of each side (label counts differ per micro-batch), scaled by this
-    # micro-batch's share of the step so that they still sum to step means.
-    share = r.shape[0] / n
-    metrics = {"kl": z0 * share,
-               "rewards/chosen": (rewards * good).sum() / good.sum().clamp(min=1) * share,
-               "rewards/rejected": (rewards * (1 - good)).sum() / (1 - good).sum().clamp(min=1) * share}
+    n_good = step["kto_desirable"].to(r.device, r.dtype).clamp(min=1)
+    n_bad = step["kto_undesirable"].to(r.device, r.dtype).clamp(min=1)
+    # Contributions to step-wide values: z0 by this micro-batch's share of the rows, each
+    # side's reward sum over the step's count of that side.
+    metrics = {"kl": z0 * (r.shape[0] / n),
+               "rewards/chosen": (rewards * good).sum() / n_good,
+               "rewards/rejected": (rewards * (1 - good)).sum() / n_bad}
     return LossOutput(per_row.sum() / n, metrics)

@@ -3,10 +3,18 @@ to behaviour; nothing outside `algorithms/` branches on an algorithm's name."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-from tunefleet.algorithms.base import LossInputs, LossOutput
-from tunefleet.algorithms.preference import cdpo_loss, dpo_loss, ipo_loss, kto_loss, orpo_loss, simpo_loss
+from tunefleet.algorithms.base import LossInputs, LossOutput, StepStatistic
+from tunefleet.algorithms.preference import (
+    KTO_STEP_STATISTIC,
+    cdpo_loss,
+    dpo_loss,
+    ipo_loss,
+    kto_loss,
+    orpo_loss,
+    simpo_loss,
+)
 from tunefleet.algorithms.reward import reward_model_loss
 from tunefleet.algorithms.rl import policy_loss
 from tunefleet.algorithms.sft import sft_loss
@@ -35,3 +43,11 @@ def get_loss(algorithm_type: str) -> LossFn:
         return LOSSES[algorithm_type]
     except KeyError:
         raise KeyError(f"no loss registered for algorithm.type={algorithm_type!r}; known: {sorted(LOSSES)}") from None
+
+# Statistics of the whole step that a loss needs (see base.StepStatistic); most need none.
+STEP_STATISTICS: dict[str, StepStatistic] = {"kto": KTO_STEP_STATISTIC}
+
+
+def get_step_statistic(algorithm_type: str) -> StepStatistic | None:
+    """The step statistic registered for `algorithm.type`, or None."""
+    return STEP_STATISTICS.get(algorithm_type)

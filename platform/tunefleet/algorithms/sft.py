@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from tunefleet.algorithms.base import LossInputs, LossOutput, masked_sum
 
 

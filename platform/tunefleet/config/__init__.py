@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from tunefleet.config.loader import ConfigError, apply_overrides, build, parse_yaml, read_yaml_file, to_dict
+from tunefleet.config.preference import PREFERENCE_CONFIGS
+from tunefleet.config.rewards import BUILTIN_REWARDS, RewardSpec
+from tunefleet.config.rl import RL_CONFIGS
+from tunefleet.config.rollout import RolloutConfig
 from tunefleet.config.schema import (
     ALGORITHM_CONFIGS,
     AlgorithmConfig,
@@ -21,10 +25,6 @@ from tunefleet.config.schema import (
     TrackingConfig,
     TrainerConfig,
 )
-from tunefleet.config.preference import PREFERENCE_CONFIGS
-from tunefleet.config.rewards import BUILTIN_REWARDS, RewardSpec
-from tunefleet.config.rl import RL_CONFIGS
-from tunefleet.config.rollout import RolloutConfig
 
 ALGORITHM_CONFIGS.update(PREFERENCE_CONFIGS)
 ALGORITHM_CONFIGS.update(RL_CONFIGS)
@@ -52,7 +52,8 @@ def dump_yaml(cfg: Config) -> str:
 
 
 __all__ = [
-    "ALGORITHM_CONFIGS", "AlgorithmConfig", "BUILTIN_REWARDS", "RewardSpec", "RolloutConfig", "CheckpointConfig", "Config", "ConfigError", "DataConfig",
-    "EvalConfig", "LoraConfig", "ModelConfig", "ReferenceConfig", "RunSection", "SftConfig", "TrackingConfig", "TrainerConfig",
+    "ALGORITHM_CONFIGS", "AlgorithmConfig", "BUILTIN_REWARDS", "RewardSpec", "RolloutConfig", "CheckpointConfig",
+    "Config", "ConfigError", "DataConfig", "EvalConfig", "LoraConfig", "ModelConfig", "ReferenceConfig", "RunSection",
+    "SftConfig", "TrackingConfig", "TrainerConfig",
     "config_from_dict", "dump_yaml", "load_config", "parse_yaml", "to_dict",
 ]

@@ -36,7 +36,8 @@ def check(cond: bool, path: str, value: Any, allowed: str) -> None:
         raise ConfigError(path, f"bad value {value!r}; allowed: {allowed}")
 
 
-def _did_you_mean(word: str, options: typing.Iterable[str]) -> str:
+def did_you_mean(word: str, options: typing.Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest of `options`, or ''."""
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -60,7 +61,7 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
-            hint = _did_you_mean(str(value), [str(a) for a in allowed])
+            hint = did_you_mean(str(value), [str(a) for a in allowed])
             raise ConfigError(path, f"bad value {value!r}; allowed: {_type_name(tp)}{hint}")
         return value
     if origin in (Union, types.UnionType):
@@ -109,7 +110,7 @@ def build(cls: type, data: Any, path: str = "") -> Any:
     if variants is not None:
         tag = data.get("type")
         if tag not in variants:
-            hint = _did_you_mean(str(tag), variants)
+            hint = did_you_mean(str(tag), variants)
             where = f"{path}.type" if path else "type"
             raise ConfigError(where, f"bad value {tag!r}; allowed: {', '.join(sorted(variants))}{hint}")
         cls = variants[tag]
@@ -118,7 +119,7 @@ def build(cls: type, data: Any, path: str = "") -> Any:
     for key in data:
         if key not in fields:
             where = f"{path}.{key}" if path else str(key)
-            raise ConfigError(where, f"unknown key{_did_you_mean(str(key), fields)}; allowed keys: {', '.join(fields)}")
+            raise ConfigError(where, f"unknown key{did_you_mean(str(key), fields)}; allowed keys: {', '.join(fields)}")
     kwargs = {}
     for name, f in fields.items():
         where = f"{path}.{name}" if path else name
@@ -154,28 +155,57 @@ def parse_yaml(text: str, source: str = "<config>") -> dict:
     return data
 
 
+# An override that names one data source replaces the base's other one: `data.path=x.jsonl`
+# on the command line swaps a config file's built-in `data.task` for that file, and
+# `data.task=arith` a file's `data.path`. Both given together (or both in the file) still fail.
+RIVAL_KEYS = {"data.path": "data.task", "data.task": "data.path"}
+
+
 def apply_overrides(data: dict, overrides: typing.Sequence[str]) -> dict:
-    """Apply `a.b.c=value` overrides (value parsed as YAML) to a nested dict copy."""
+    """Apply `a.b.c=value` overrides (value parsed as YAML) to a nested dict copy; a non-null
+    override of a RIVAL_KEYS key first drops its rival from `data` (unless also overridden)."""
     data = _deepcopy(data)
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError("", f"bad override {item!r}; expected dotted.key=value")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        node = data
-        parts = key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(".".join(parts[: i + 1]), f"cannot set {key!r}: {child!r} is not a mapping")
-            node = child
-        node[parts[-1]] = value
+    pairs = [_parse_override(item) for item in overrides]
+    keys = {key for key, _ in pairs}
+    for key, value in pairs:
+        rival = RIVAL_KEYS.get(key)
+        if value is not None and rival is not None and rival not in keys:
+            _drop(data, rival)
+    for key, value in pairs:
+        _set(data, key, value)
     return data
+
+
+def _drop(data: dict, key: str) -> None:
+    """Remove dotted `key` from nested `data`, if it is there."""
+    *parents, last = key.split(".")
+    for part in parents:
+        data = data.get(part) if isinstance(data, dict) else None
+    if isinstance(data, dict):
+        data.pop(last, None)
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError("", f"bad override {item!r}; expected dotted.key=value")
+    try:
+        return key, (yaml.safe_load(raw) if raw != "" else "")
+    except yaml.YAMLError:
+        return key, raw
+
+
+def _set(data: dict, key: str, value: Any) -> None:
+    node = data
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(".".join(parts[: i + 1]), f"cannot set {key!r}: {child!r} is not a mapping")
+        node = child
+    node[parts[-1]] = value
 
 
 def _deepcopy(d: Any) -> Any:

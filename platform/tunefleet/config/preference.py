@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from tunefleet.config.loader import check
-from tunefleet.config.schema import AlgorithmConfig
-from tunefleet.config.schema import _p  # dotted path of a field
+from tunefleet.config.schema import (
+    AlgorithmConfig,
+    _p,  # dotted path of a field
+)
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,8 @@ class KtoConfig(AlgorithmConfig):
     NEEDS_REFERENCE: ClassVar[bool] = True
     # The KL baseline scores mismatched pairs formed per batch: no pass can precompute them.
     REFERENCE_MODES: ClassVar[tuple[str, ...]] = ("live",)
-    # The KL baseline pairs each prompt with another row's completion in the micro-batch.
+    # The KL baseline pairs each prompt with another row's completion (over the step's batch,
+    # data/batching.py; this floor dates from per-micro-batch pairs and could become 1).
     MIN_MICRO_BATCH: ClassVar[int] = 2
     type: Literal["kto"] = "kto"
     beta: float = 0.1

@@ -12,19 +12,26 @@ from typing import ClassVar, Literal
 
 from tunefleet.config.loader import check
 from tunefleet.config.rewards import BUILTIN_REWARDS, RewardSpec  # noqa: F401 - re-exported
-from tunefleet.config.schema import AlgorithmConfig
-from tunefleet.config.schema import _p  # dotted path of a field
+from tunefleet.config.schema import (
+    AlgorithmConfig,
+    _p,  # dotted path of a field
+)
+
 
 @dataclass(frozen=True)
 class RlConfig(AlgorithmConfig):
     """What every online-RL method shares: sampling, the clipped policy loss, the KL term.
 
     - group_size: samples per prompt (G).
+    - temperature: sampling temperature; the trainer's log-probs are taken at it too.
+      top_p / top_k must stay off (1.0 / 0): see validate.
     - clip_low / clip_high: the ratio pi/pi_behaviour is clipped to [1 - low, 1 + high].
     - aggregation: `token` averages over every response token of the step; `sequence`
       averages each response over its tokens, then over responses.
     - kl_beta, kl_estimator: penalty beta * KL(pi || pi_ref) per token (k1: log ratio,
-      k3: the unbiased non-negative estimator); 0 disables it and needs no reference.
+      k3: the unbiased non-negative estimator); 0 disables it and needs no reference. In the
+      loss both pull pi toward pi_ref (k1 with the score-function gradient, algorithms/rl.py
+      kl_penalty); in the reward (reinforce_pp) only k1 does, so k3 is refused there.
     - drop_zero_variance: drop groups whose rewards are all equal (no learning signal) and
       resample up to `max_resample` times to fill the batch.
     """
@@ -34,11 +41,14 @@ class RlConfig(AlgorithmConfig):
     REFERENCE_MODES: ClassVar[tuple[str, ...]] = ("live",)
     # Where the KL term goes: into the loss (GRPO-style) or into the per-token reward.
     KL_IN_REWARD: ClassVar[bool] = False
+    # The loss logs the entropy of the policy's next-token distribution (the model computes it).
+    TOKEN_ENTROPY: ClassVar[bool] = True
     type: str = ""
     group_size: int = 4
     max_new_tokens: int = 32
     temperature: float = 1.0
-    top_p: float = 1.0
+    top_p: float = 1.0  # only 1.0 (see validate)
+    top_k: int = 0  # only 0 = off (see validate)
     clip_low: float = 0.2
     clip_high: float = 0.28
     aggregation: Literal["token", "sequence"] = "token"
@@ -53,11 +63,25 @@ class RlConfig(AlgorithmConfig):
     def NEEDS_REFERENCE(self) -> bool:  # noqa: N802 - same name as the ClassVar it refines
         return self.kl_beta > 0
 
+    @property
+    def policy_temperature(self) -> float:
+        """The temperature the trainer's policy (and reference) score tokens at: the sampling
+        one, so the loss's ratio compares the distribution the samples came from."""
+        return self.temperature
+
     def validate(self, path: str) -> None:
         check(self.group_size >= 1, _p(path, "group_size"), self.group_size, ">= 1")
         check(self.max_new_tokens >= 1, _p(path, "max_new_tokens"), self.max_new_tokens, ">= 1")
         check(self.temperature > 0, _p(path, "temperature"), self.temperature, "> 0 (RL needs sampling)")
-        check(0 < self.top_p <= 1, _p(path, "top_p"), self.top_p, "0 < top_p <= 1")
+        # The engines return log-probs of the distribution they sampled from (temperature
+        # applied; top-p/top-k renormalised over the kept tokens). The trainer reproduces the
+        # temperature exactly, but not the kept set (a per-position sort of the vocabulary,
+        # ties and all), so with truncation the importance ratio would compare two distributions.
+        truncation = "would compare two distributions: the trainer cannot rebuild the engine's truncated set"
+        check(self.top_p == 1.0, _p(path, "top_p"), self.top_p,
+              f"1.0 (off) for RL: with top-p sampling the importance ratio {truncation}")
+        check(self.top_k == 0, _p(path, "top_k"), self.top_k,
+              f"0 (off) for RL: with top-k sampling the importance ratio {truncation}")
         check(0 <= self.clip_low < 1, _p(path, "clip_low"), self.clip_low, "0 <= clip_low < 1")
         check(self.clip_high >= 0, _p(path, "clip_high"), self.clip_high, ">= 0")
         check(self.kl_beta >= 0, _p(path, "kl_beta"), self.kl_beta, ">= 0 (0 disables the KL term)")
@@ -100,6 +124,14 @@ class ReinforcePPConfig(RlConfig):
     type: Literal["reinforce_pp"] = "reinforce_pp"
     kl_beta: float = 0.01
     kl_estimator: Literal["k1", "k3"] = "k1"
+
+    def validate(self, path: str) -> None:
+        super().validate(path)
+        # In the reward the penalty's gradient is E[k(x) d log pi(x)]: d KL(pi || pi_ref) for
+        # k1, but d KL(pi || pi_ref) - d KL(pi_ref || pi) for k3 (tests/unit/algorithms/test_rl_kl_pull.py).
+        check(self.kl_beta == 0 or self.kl_estimator == "k1", _p(path, "kl_estimator"), self.kl_estimator,
+              "k1 when the KL goes into the reward (reinforce_pp): as a reward, k3's policy gradient also "
+              "ascends KL(pi_ref || pi) and can push the policy away from the reference")
 
 
 RL_CONFIGS: dict[str, type] = {"grpo": GrpoConfig, "rloo": RlooConfig, "reinforce_pp": ReinforcePPConfig}

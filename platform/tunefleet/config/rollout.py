@@ -11,7 +11,6 @@ from typing import Literal
 from tunefleet.config.loader import check
 from tunefleet.config.loader import dotted as _p
 
-
 # The adapter ranks vLLM accepts for `max_lora_rank`.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 

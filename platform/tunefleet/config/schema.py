@@ -97,6 +97,12 @@ ALGORITHM_CONFIGS: dict[str, type] = {"sft": SftConfig}
 AlgorithmConfig.TAGGED_UNION = ALGORITHM_CONFIGS
 
 
+def largest_fit(sizes: tuple[int, ...], available: int) -> int:
+    """The largest of `sizes` that `available` workers can fill; 0 when even the smallest
+    does not fit (an elastic group then waits for more room)."""
+    return max((w for w in sizes if w <= available), default=0)
+
+
 @dataclass(frozen=True)
 class TrainerConfig:
     """Optimisation and worker-group settings. `batch_size` is global (sequences per step)
@@ -104,7 +110,9 @@ class TrainerConfig:
 
     `num_workers: [min, max]` is elastic (Ray Train): start with what the cluster has (at
     least min), grow to max as nodes join, shrink when workers are lost (needs
-    `max_failures`); `resize_check_s` is how often Ray Train looks for room to grow."""
+    `max_failures`); `resize_check_s` is how often Ray Train looks for room to grow. It
+    takes only the `world_sizes` the batch divides: with batch 16 and micro-batch 4, [1, 4]
+    runs on 1, 2 or 4 workers, and on 2 when 3 would fit."""
 
     num_workers: int | tuple[int, ...] = 1
     max_steps: int = 100
@@ -137,9 +145,10 @@ class TrainerConfig:
         check(self.weight_decay >= 0, _p(path, "weight_decay"), self.weight_decay, ">= 0")
         check(self.batch_size >= 1, _p(path, "batch_size"), self.batch_size, ">= 1")
         check(self.micro_batch_size >= 1, _p(path, "micro_batch_size"), self.micro_batch_size, ">= 1")
-        for w in range(self.min_workers, self.max_workers + 1):  # every size an elastic group can take
-            per_step = w * self.micro_batch_size
-            check(self.batch_size % per_step == 0, _p(path, "batch_size"), self.batch_size,
+        # An elastic group takes only the sizes in between that divide the batch (world_sizes),
+        # but it must be able to start at min and grow to max.
+        for w in dict.fromkeys((self.min_workers, self.max_workers)):
+            check(self.batch_size % (w * self.micro_batch_size) == 0, _p(path, "batch_size"), self.batch_size,
                   f"a multiple of num_workers * micro_batch_size = {w} * {self.micro_batch_size}")
         check(self.max_grad_norm >= 0, _p(path, "max_grad_norm"), self.max_grad_norm, ">= 0 (0 disables)")
         check(self.warmup_steps >= 0, _p(path, "warmup_steps"), self.warmup_steps, ">= 0")
@@ -161,6 +170,17 @@ class TrainerConfig:
     @property
     def elastic(self) -> bool:
         return self.min_workers != self.max_workers
+
+    @property
+    def world_sizes(self) -> tuple[int, ...]:
+        """The group sizes in [min, max] that split the global batch into whole micro-batches
+        (batch 16, micro-batch 4, [1, 4]: 1, 2 and 4; 3 workers would need 16 / 12 each)."""
+        return tuple(w for w in range(self.min_workers, self.max_workers + 1)
+                     if self.batch_size % (w * self.micro_batch_size) == 0)
+
+    def usable_world_size(self, available: int) -> int:
+        """The size an elastic group takes when `available` workers fit (see `largest_fit`)."""
+        return largest_fit(self.world_sizes, available)
 
     @property
     def grad_accum(self) -> int:

@@ -8,7 +8,7 @@ and says how many sequences a list of rows counts for loss normalisation.
 - pairs:  rows {"chosen", "rejected"}; main = b chosen rows then b rejected rows (B = 2b);
           normalised per pair. Precomputed reference sums travel as extras["ref_seq_logps"] [2b].
 - kto:    rows with "kto_label"; aux["kl"] pairs each prompt with the next row's completion
-          (mismatched pairs estimate KTO's KL baseline).
+          of the step's batch (mismatched pairs estimate KTO's KL baseline).
 - rl:     rollout rows (prompt + sampled response); their per-response-token lists
           ("advantages", "behaviour_logps", optional "ref_logps") become extras [B, T]
           aligned with the collated labels.
@@ -16,16 +16,20 @@ and says how many sequences a list of rows counts for loss normalisation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from tunefleet.data.tokenize import collate
 
 
 @dataclass(frozen=True)
 class Batcher:
+    """`prepare`, when set, runs on the whole step's rows before they are split into
+    micro-batches (train/sources.py plan_rows): for what depends on the global batch."""
+
     collate: Callable[[list[dict], int], dict]
     sequences: Callable[[list[dict]], int]
+    prepare: Callable[[list[dict]], list[dict]] | None = None
 
 
 def _float(values: list[float]):
@@ -59,10 +63,17 @@ def mismatched(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _kto_pairs(rows: list[dict]) -> list[dict]:
+    """Each row of the step with its KL pair (mismatched over the *step's* rows), so that
+    the pairs, and KTO's baseline, do not depend on how the step is split."""
+    return [{**r, "kl_pair": m} for r, m in zip(rows, mismatched(rows))]
+
+
 def _kto(rows: list[dict], pad_id: int) -> dict:
     batch = _single(rows, pad_id)
     batch["extras"]["kto_label"] = _float([r["kto_label"] for r in rows])
-    batch["aux"]["kl"] = collate(mismatched(rows), pad_id)
+    pairs = [r["kl_pair"] for r in rows] if "kl_pair" in rows[0] else mismatched(rows)
+    batch["aux"]["kl"] = collate(pairs, pad_id)
     return batch
 
 
@@ -99,6 +110,6 @@ def _rl(rows: list[dict], pad_id: int) -> dict:
 BATCHERS: dict[str, Batcher] = {
     "single": Batcher(_single, len),
     "pairs": Batcher(_pairs, len),
-    "kto": Batcher(_kto, len),
+    "kto": Batcher(_kto, len, _kto_pairs),
     "rl": Batcher(_rl, len),
 }

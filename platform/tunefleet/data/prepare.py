@@ -84,7 +84,8 @@ def _check_truncated(data_cfg, rows: list[dict], too_long: list[BadRow]) -> None
     if too_long:
         if data_cfg.on_bad_row == "error":
             raise DataError(f"{too_long[0]} (set data.on_bad_row: skip to drop such rows)")
-        warnings.warn(f"skipped {len(too_long)} rows with no response tokens after truncation; first: {too_long[0]}")
+        warnings.warn(f"skipped {len(too_long)} rows with no response tokens after truncation; first: {too_long[0]}",
+                      stacklevel=2)
     if not rows:
         raise DataError(f"{data_cfg.path or data_cfg.task}: no usable training rows")
 

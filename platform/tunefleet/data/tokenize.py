@@ -156,7 +156,7 @@ def _row_positions(row: dict, length: int, width: int) -> list[int]:
     return positions + list(range(start, start + width - length))
 
 
-def collate(rows: list[dict], pad_id: int) -> dict[str, "torch.Tensor"]:
+def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad rows into a batch of ``torch.long`` tensors, all of shape ``[B, T]``.
 
     * ``input_ids``: tokens, ``pad_id`` on padding.

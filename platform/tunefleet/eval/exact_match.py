@@ -60,7 +60,7 @@ def task_accuracy(model, tokenizer, task, problems, max_new_tokens: int = 32, ba
     if not problems:
         return EvalResult(0.0, 0, 0)
     completions = greedy_generate(model, tokenizer, [p.prompt for p in problems], max_new_tokens, batch_size, label)
-    samples = [{"id": p.id, "prompt": p.prompt, "answer": p.answer, "completion": c, "correct": task.verify(c, p.answer)}
-               for p, c in zip(problems, completions)]
+    samples = [{"id": p.id, "prompt": p.prompt, "answer": p.answer, "completion": c,
+                "correct": task.verify(c, p.answer)} for p, c in zip(problems, completions)]
     correct = sum(s["correct"] for s in samples)
     return EvalResult(correct / len(problems), correct, len(problems), samples)

@@ -16,26 +16,49 @@ import torch
 from torch import nn
 
 IGNORE = -100
+ENTROPY_CHUNK = 128  # rows of logits per entropy chunk (see token_entropy)
+
+
+def token_entropy(logits: torch.Tensor, lse: torch.Tensor, chunk: int = ENTROPY_CHUNK) -> torch.Tensor:
+    """H = -sum_v p_v log p_v per row: logits [N, V] float, lse [N] = logsumexp(logits) -> [N].
+
+    No gradients (a metric), and `chunk` rows at a time so that only [chunk, V] temporaries
+    exist next to the logits (vocab 49,152: 2 x 24 MiB at 128 rows)."""
+    with torch.no_grad():
+        out = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+        for i in range(0, logits.shape[0], chunk):
+            logp = logits[i:i + chunk].float() - lse[i:i + chunk].float().unsqueeze(-1)
+            out[i:i + chunk] = -(logp.exp() * logp).sum(-1)
+        return out
 
 
 class TokenLogpModel(nn.Module):
-    """Wraps an HF causal LM (or a PeftModel around one)."""
+    """Wraps an HF causal LM (or a PeftModel around one).
 
-    def __init__(self, lm: nn.Module):
+    `temperature`: log-probs are those of softmax(logits / temperature). Online RL samples at
+    a temperature, and its importance ratio pi / pi_behaviour must compare the distribution
+    the tokens were drawn from on both sides (the engines return log-probs after the same
+    scaling, rollout/engine.py); 1.0 is the plain model (SFT, preference methods).
+    """
+
+    def __init__(self, lm: nn.Module, temperature: float = 1.0):
         super().__init__()
         self.lm = lm
+        self.temperature = float(temperature)
 
     def _core(self) -> nn.Module:
         base = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
         return base
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                attention_mask: torch.Tensor | None = None, entropy: bool = False):
         """input_ids, labels, position_ids: [B, T] (labels = next token or -100).
 
         Returns logps [B, T] float32: log p(labels[b, t] | input_ids[b, :t+1]), 0 where
-        labels == -100. Right padding needs no attention mask under a causal mask, and
-        position_ids that restart at 0 make transformers build a block-diagonal (packed) mask.
+        labels == -100; with `entropy`, the pair (logps, entropies [B, T]): the entropy of
+        the whole next-token distribution at each target position (0 elsewhere, no grad).
+        Right padding needs no attention mask under a causal mask, and position_ids that
+        restart at 0 make transformers build a block-diagonal (packed) mask.
         """
         core = self._core()
         hidden = core.get_decoder()(
@@ -43,10 +66,16 @@ class TokenLogpModel(nn.Module):
         ).last_hidden_state
         sel = labels != IGNORE
         logits = core.get_output_embeddings()(hidden[sel]).float()  # [N, V] only where it counts
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
         targets = labels[sel].unsqueeze(-1)
-        logp = logits.gather(-1, targets).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-        out = torch.zeros(labels.shape, dtype=torch.float32, device=logp.device)
-        return out.masked_scatter(sel, logp)
+        lse = torch.logsumexp(logits, dim=-1)
+        logp = logits.gather(-1, targets).squeeze(-1) - lse
+        out = torch.zeros(labels.shape, dtype=torch.float32, device=logp.device).masked_scatter(sel, logp)
+        if not entropy:
+            return out
+        ent = token_entropy(logits.detach(), lse.detach())
+        return out, torch.zeros(labels.shape, dtype=torch.float32, device=ent.device).masked_scatter(sel, ent)
 
 
 class ValueModel(TokenLogpModel):
@@ -105,10 +134,11 @@ def _load_value_model(model_dir: str, dtype: str):
 
 
 def build_policy(model_dir: str, dtype: str, lora, device: torch.device, world_size: int,
-                 value_head: bool = False, trainable: bool = True) -> Policy:
+                 value_head: bool = False, trainable: bool = True, temperature: float = 1.0) -> Policy:
     """Load the model from `model_dir`, add LoRA if `lora` (a LoraConfig) is set, move it to
     `device`, and shard it with FSDP2 when `world_size > 1`. `value_head`: a scalar-head
-    model (reward models); `trainable=False`: a frozen copy (a live reference)."""
+    model (reward models); `trainable=False`: a frozen copy (a live reference);
+    `temperature`: the one the log-probs are taken at (TokenLogpModel; not for value heads)."""
     from tunefleet.models.registry import load_model
 
     lm = _load_value_model(model_dir, dtype) if value_head else load_model(model_dir, dtype=dtype)
@@ -121,7 +151,7 @@ def build_policy(model_dir: str, dtype: str, lora, device: torch.device, world_s
                         modules_to_save=["score"] if value_head else None)
     if not trainable:
         lm.requires_grad_(False)
-    module = (ValueModel if value_head else TokenLogpModel)(lm).to(device)
+    module = (ValueModel(lm) if value_head else TokenLogpModel(lm, temperature)).to(device)
     if world_size > 1:
         shard(module)
     return Policy(module=module, is_lora=lora is not None and trainable, sharded=world_size > 1,

@@ -8,8 +8,8 @@ The MLflow run holds everything needed: its resolved `config.yaml` artifact and 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from tunefleet.config import Config, ConfigError, load_config
 

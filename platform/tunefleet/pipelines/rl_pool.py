@@ -1,7 +1,9 @@
 """The driver's side of online RL: start the run's RolloutPool before the fit, log its
 metrics to MLflow while the fit runs, and shut it down afterwards.
 
-Only the driver talks to the pool's lifecycle; the trainer's rank 0 finds it by name.
+Only the driver talks to the pool's lifecycle; the trainer's rank 0 finds it by name. A pool
+the trainer must rebuild mid-run is made by the driver's PoolKeeper: nothing the run starts
+outlives the driver (Ray ends an actor when its owner dies), even a driver that crashed.
 """
 
 from __future__ import annotations
@@ -34,6 +36,34 @@ def reward_specs(cfg: Config) -> tuple[RewardSpec, ...]:
     return tuple(cfg.rewards) or (RewardSpec("task"),)
 
 
+def check_rewards(cfg: Config) -> None:
+    """Build the run's rewards once in the driver, before anything starts: a bad param, or a
+    `code_exec` sandbox that cannot isolate on this machine, stops the run here, loudly."""
+    from tunefleet.rewards import build_reward
+
+    build_reward(reward_specs(cfg), cfg.data.task)
+
+
+class PoolKeeper:
+    """Wrap with `ray.remote` (`rollout_pool` does). Creates replacement pools when rank 0
+    asks (`create`) and owns them, so they survive a restarted worker group (which finds
+    them by name) and die with the driver that owns the keeper."""
+
+    def __init__(self, model_dir: str, cfg):
+        self.model_dir, self.cfg, self.pool = model_dir, cfg, None
+
+    def create(self):
+        """A new pool under the run's pool name, once its engines are ready; its handle."""
+        from tunefleet.rollout.client import create_pool
+
+        self.pool = create_pool(self.model_dir, self.cfg)  # held here: an actor dies with its last handle
+        return self.pool
+
+
+def keeper_name(pool_name: str) -> str:
+    return f"{pool_name}-keeper"
+
+
 def _log_metrics(name: str, tracker, stop: threading.Event) -> None:
     """Every few seconds: the pool's metrics into the run, at the pool's policy version.
     Looked up by name each time: the trainer may have rebuilt the pool."""
@@ -63,7 +93,7 @@ def _shutdown(name: str, tracker, step: int) -> None:
         tracker.log_metrics(ray.get(pool.metrics.remote(), timeout=30), step=step)
         ray.get(pool.shutdown.remote(), timeout=60)
     except Exception as err:  # noqa: BLE001 - the run's result must not hinge on a pool's exit
-        warnings.warn(f"rollout pool {name} did not shut down cleanly: {err}")
+        warnings.warn(f"rollout pool {name} did not shut down cleanly: {err}", stacklevel=2)
     finally:
         ray.kill(pool)
 
@@ -72,18 +102,24 @@ def _shutdown(name: str, tracker, step: int) -> None:
 def rollout_pool(cfg: Config, model_dir: str, name: str, tracker):
     """Yield the loop_config entries RL needs (pool name and config, reward specs) with the
     pool up; rank 0 finds the pool by name (and rebuilds it from the config if it is lost)."""
+    import ray
+
     from tunefleet.rollout.client import create_pool
 
     rc = pool_config(cfg, name)
     print(f"[driver] starting rollout pool {rc.name}: {rc.num_engines} engine(s) x "
           f"{rc.resources_per_engine} CPU", flush=True)
     pool = create_pool(model_dir, rc)  # keep the handle: an actor dies with its last handle
+    keeper = ray.remote(PoolKeeper).options(name=keeper_name(rc.name), num_cpus=0, max_restarts=0)
+    keeper = keeper.remote(model_dir, rc)  # not detached: it, and what it creates, die with this driver
     stop = threading.Event()
     poller = threading.Thread(target=_log_metrics, args=(rc.name, tracker, stop), daemon=True)
     poller.start()
     try:
-        yield {"pool_name": rc.name, "pool_config": rc, "rewards": reward_specs(cfg)}
+        yield {"pool_name": rc.name, "pool_config": rc, "rewards": reward_specs(cfg),
+               "pool_keeper": keeper_name(rc.name)}
     finally:
         stop.set()
         _shutdown(rc.name, tracker, cfg.trainer.max_steps)
+        ray.kill(keeper)
         del pool

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import signal
 import threading
+import time
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -70,7 +70,7 @@ def _start_tracker(cfg: Config, name: str):
         tracker = Tracker.start(cfg.tracking.uri, cfg.tracking.experiment, name, tags=tags,
                                 resume_tag=("tunefleet.run_name", name))
     except Exception as err:  # a tracking outage must never stop training
-        warnings.warn(f"MLflow unreachable at start ({err}); this run trains without tracking")
+        warnings.warn(f"MLflow unreachable at start ({err}); this run trains without tracking", stacklevel=2)
         return _NoTracker()
     tracker.log_params(flatten_dict(to_dict(cfg)))
     tracker.log_text(dump_yaml(cfg), "config.yaml")
@@ -193,6 +193,10 @@ def run_train_job(cfg: Config, ship_package: bool = False) -> JobResult:
     from tunefleet.models.registry import load_tokenizer, resolve_model
     from tunefleet.train.trainer import build_trainer, ray_train_env
 
+    if cfg.algorithm.BATCH == "rl":  # before Ray, data and the base model's eval
+        from tunefleet.pipelines.rl_pool import check_rewards
+
+        check_rewards(cfg)
     init_ray(ship_package=ship_package)
     model_dir = str(resolve_model(cfg.model.name))
     tokenizer = load_tokenizer(model_dir)

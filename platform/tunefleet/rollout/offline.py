@@ -5,6 +5,7 @@ One Parquet row per prompt:
   prompt (str, or the token ids as text), prompt_token_ids list<int32> [P],
   samples list<str> [n], token_ids list<list<int32>> [n][T_i], logprobs list<list<float32>> [n][T_i],
   finish_reasons list<str> [n], version int64, sampling str (JSON).
+The logprobs are those of the distribution sampled from (temperature, top-p/top-k applied; see Sample).
 The file's schema metadata repeats the sampling config, the model and the versions seen.
 """
 

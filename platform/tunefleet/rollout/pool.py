@@ -109,9 +109,14 @@ class RolloutPool:
         return self.status()
 
     async def shutdown(self) -> None:
-        """Kill the engines; waiting requests fail with RolloutError."""
+        """Kill the engines (after they delete their files); waiting requests fail with RolloutError."""
         for task in list(self._tasks):
             task.cancel()
+        live = [s for s in self.slots if s.state != "dead"]
+        try:  # a killed engine runs no cleanup: its adapter directories would stay on disk
+            await asyncio.wait_for(_gather([s.handle.close.remote() for s in live]), PING_TIMEOUT_S)
+        except TimeoutError:
+            pass
         for slot in self.slots:
             ray.kill(slot.handle, no_restart=True)
             slot.state = "dead"
@@ -156,7 +161,7 @@ class RolloutPool:
                 async with self._sync_lock:
                     await self._restore(slot, info, self.state)
                 break
-            except (RayActorError, asyncio.TimeoutError) as err:
+            except (TimeoutError, RayActorError) as err:
                 if time.monotonic() > deadline:
                     return self._give_up(slot, "dead", err)
                 await asyncio.sleep(1.0)
@@ -202,7 +207,7 @@ class RolloutPool:
                 except RayActorError:
                     self._lost(slot)
                     continue
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue  # busy, not dead: a dead actor fails fast
                 if info["incarnation"] != slot.incarnation:
                     self._lost(slot)
@@ -256,7 +261,7 @@ class RolloutPool:
             self._stream_changed.clear()
             try:
                 await asyncio.wait_for(self._stream_changed.wait(), left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         batch, self._stream = self._stream[:size], self._stream[size:]
         for r in batch:
@@ -290,7 +295,7 @@ class RolloutPool:
             load = pick_engine(loads, MAX_CALLS_PER_ENGINE)
             if load is None:
                 break
-            ready = sum(l.ready for l in loads)
+            ready = sum(slot_load.ready for slot_load in loads)
             chunk = self.ledger.take(chunk_size(len(self.ledger.pending), ready, self.cfg.max_prompts_per_call))
             load.calls += 1
             load.prompts += sum(r.sampling.n for r in chunk)

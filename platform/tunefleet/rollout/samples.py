@@ -58,8 +58,9 @@ class Request:
 
 @dataclass
 class Sample:
-    """One completion. token_ids, logprobs: [T] (logprobs[t] = log p(token_ids[t] | prefix),
-    from the unmodified model distribution)."""
+    """One completion. token_ids, logprobs: [T] (logprobs[t] = log p(token_ids[t] | prefix)
+    under the distribution it was sampled from: softmax(logits / temperature), renormalised
+    over the top-p/top-k set when those are on; greedy: softmax(logits))."""
 
     token_ids: list[int]
     text: str

@@ -30,10 +30,10 @@ SHM_DIR = Path("/dev/shm")
 PREFIX = "tunefleet-weights-"
 
 
-_BY_POOL: dict[str, "SharedSlots"] = {}
+_BY_POOL: dict[str, SharedSlots] = {}
 
 
-def slots_for(pool_name: str) -> "SharedSlots":
+def slots_for(pool_name: str) -> SharedSlots:
     """This process's slot pair for the pool called `pool_name`."""
     if pool_name not in _BY_POOL:
         _BY_POOL[pool_name] = SharedSlots()

@@ -1,7 +1,8 @@
 """Plots of a run's curves, logged as artifacts next to the metrics (driver side).
 
-An RL run gets `plots/reward_curve.png`: reward mean (with a +/- std band), the first
-reward's accuracy, and the held-out accuracy before/after as dashed lines.
+An RL run gets `plots/reward_curve.png`: reward mean over every generated sample (with a
++/- std band), the task verifier's accuracy (when a `task` reward is used), and the
+held-out accuracy before/after as dashed lines.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def reward_curve(tracker, out: Path, eval_metrics: dict[str, float] | None = Non
     if len(std) == len(mean):
         ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.15)
     if acc:
-        ax.plot(acc_steps, acc, label="sample accuracy (first reward)", alpha=0.7)
+        ax.plot(acc_steps, acc, label="sample accuracy (task verifier)", alpha=0.7)
     for key, style in (("eval/accuracy_before", "grey"), ("eval/accuracy_after", "green")):
         if eval_metrics and key in eval_metrics:
             ax.axhline(eval_metrics[key], ls="--", color=style, label=f"{key} = {eval_metrics[key]:.3f}")
@@ -57,4 +58,4 @@ def log_reward_curve(tracker, eval_metrics: dict[str, float] | None = None) -> N
         if path is not None:
             tracker.log_artifact(str(path), "plots")
     except Exception as err:  # noqa: BLE001 - a plot must never fail a finished run
-        warnings.warn(f"could not plot the reward curve: {err}")
+        warnings.warn(f"could not plot the reward curve: {err}", stacklevel=2)

@@ -34,8 +34,9 @@ import re
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from tunefleet.paths import tunefleet_home
 

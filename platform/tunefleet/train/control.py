@@ -38,11 +38,7 @@ def stop_requested(control, rank: int, world: int) -> str | None:
     """Collective: rank 0 asks the control actor, every rank gets the same answer."""
     import ray
 
-    reason = ray.get(control.stop_reason.remote()) if rank == 0 and control is not None else None
-    if world == 1:
-        return reason
-    import torch.distributed as dist
+    from tunefleet.train.collectives import broadcast_object
 
-    box = [reason]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    reason = ray.get(control.stop_reason.remote()) if rank == 0 and control is not None else None
+    return broadcast_object(reason, rank, world)

@@ -16,8 +16,8 @@ import torch
 
 from tunefleet.algorithms import get_loss
 from tunefleet.config import Config, config_from_dict
-from tunefleet.train.progress import StatusLine
 from tunefleet.train.control import stop_requested
+from tunefleet.train.progress import StatusLine
 from tunefleet.train.schedule import lr_factor
 from tunefleet.train.sources import make_source
 from tunefleet.train.step import StepContext, train_step
@@ -45,7 +45,10 @@ def _setup(cfg: Config, model_dir: str, rank: int, world: int) -> StepContext:
     torch.set_num_threads(threads)
     _seed(cfg.trainer.seed)
     algo = cfg.algorithm
-    policy = build_policy(model_dir, cfg.model.dtype, cfg.model.lora, device, world, value_head=algo.VALUE_HEAD)
+    # Online RL scores tokens at the sampling temperature (the engines' log-probs are at it too).
+    temperature = getattr(algo, "policy_temperature", 1.0)
+    policy = build_policy(model_dir, cfg.model.dtype, cfg.model.lora, device, world, value_head=algo.VALUE_HEAD,
+                          temperature=temperature)
     t = cfg.trainer
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=t.lr, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

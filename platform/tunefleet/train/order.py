@@ -19,7 +19,7 @@ class GlobalOrder:
             raise ValueError("empty dataset: nothing to train on")
         self.n, self.seed, self.shuffle = n, seed, shuffle
 
-    @lru_cache(maxsize=4)
+    @lru_cache(maxsize=4)  # noqa: B019 - one order per run, alive as long as the run
     def permutation(self, epoch: int) -> tuple[int, ...]:
         idx = list(range(self.n))
         if self.shuffle:

@@ -13,9 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from contextlib import nullcontext
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -36,7 +35,13 @@ def live_reference(model_dir: str, policy, device: torch.device, world: int, dty
         return ref
     from tunefleet.models.policy import build_policy
 
-    frozen = build_policy(model_dir, dtype, None, device, world, trainable=False)
+    # The same temperature as the policy (online RL: the sampling one). KL(pi_T || ref_T) is 0
+    # at step 0 and measures only what training changed; against ref at T = 1 it would also
+    # count the reshaping by T itself, and push the policy to undo the sampling temperature.
+    # (TRL and verl also score the reference at the rollout temperature.)
+    # (With LoRA, above, the reference is the policy module itself, so this holds there too.)
+    frozen = build_policy(model_dir, dtype, None, device, world, trainable=False,
+                          temperature=getattr(policy.module, "temperature", 1.0))
     frozen.module.eval()
     return lambda seqs: run_model(frozen.module, seqs, device, bf16)
 

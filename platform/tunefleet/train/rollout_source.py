@@ -21,38 +21,29 @@ the last weights it was sent, at the same policy version, before generation resu
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
 
 from tunefleet.algorithms.rl import AdvantageInputs, get_advantage, kl_estimate
 from tunefleet.data.batching import BATCHERS
+from tunefleet.train.collectives import all_gather_object, broadcast_object
 from tunefleet.train.order import GlobalOrder, rank_micro_batches
 from tunefleet.train.sources import StepPlan, plan_rows
-from tunefleet.train.step import run_model
 
 RESAMPLE_SEED_OFFSET = 7919  # resampling rounds draw from their own seeded streams
 POOL_REBUILDS = 3  # per call: a pool that dies again right after a rebuild is not a blip
 
 
 def _broadcast(obj, rank: int, world: int):
-    if world == 1:
-        return obj
-    import torch.distributed as dist
-
-    box = [obj if rank == 0 else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    """Rank 0's `obj` on every rank (on the group's device: train/collectives.py)."""
+    return broadcast_object(obj, rank, world)
 
 
 def _all_gather(obj, world: int) -> list:
-    if world == 1:
-        return [obj]
-    import torch.distributed as dist
-
-    out = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
+    """Every rank's `obj`, in rank order (train/collectives.py)."""
+    return all_gather_object(obj, world)
 
 
 class RolloutSource:
@@ -72,6 +63,7 @@ class RolloutSource:
         self.pool = self.sync = self.reward = None
         self._merged: dict = {}  # merged-LoRA weight buffers, reused every sync (rank 0)
         self.model_dir, self.pool_cfg = loop_config["model_dir"], loop_config.get("pool_config")
+        self.keeper = loop_config.get("pool_keeper")  # the driver's PoolKeeper (pipelines/rl_pool.py)
         self.rebuilds = 0
         if rank == 0:
             from tunefleet.rewards import build_reward
@@ -88,14 +80,22 @@ class RolloutSource:
     # ------------------------------------------------------------ lifecycle
     def start(self, step: int, saved: dict) -> None:
         """Make the pool serve this trainer's weights before any sample is drawn. A fresh
-        run starts on the pool's base weights; a resumed one pushes its restored weights (as
-        the version after the pool's current one: versions only grow)."""
+        run starts on the pool's base weights. After any restart or resume the pool may
+        serve weights this trainer no longer has (a group restarted before its first
+        checkpoint is back at the base model, while the pool holds the lost steps'
+        weights): the restored weights are pushed, as the version after the pool's current
+        one (versions only grow, so staleness stays a true difference of versions)."""
+        served = None
         if self.rank == 0:
             import ray
 
-            self.version = ray.get(self.pool.status.remote())["version"]
-        if step > 0:
+            served = self.version = ray.get(self.pool.status.remote())["version"]
+        served = _broadcast(served, self.rank, self.world)
+        if step > 0 or served > 0:
             self._push()
+            if self.rank == 0:
+                print(f"[rollout] starting at step {step}: the pool served policy version {served}; it now serves "
+                      f"the restored weights as version {self.version}", flush=True)
 
     def state(self) -> dict:
         return {"policy_version": self.version}
@@ -130,13 +130,18 @@ class RolloutSource:
                 ref = self._submit(indices)
 
     def _new_pool(self):
-        """A replacement pool under the run's pool name. Detached: it must outlive this
-        worker (a restarted group finds it again); the driver stops it by name at the end."""
+        """A replacement pool under the run's pool name, made by the driver's PoolKeeper:
+        it outlives this worker (a restarted group finds it again) but not the driver (a
+        detached pool outlived a crashed driver). Without a keeper this worker owns it."""
+        import ray
+
         from tunefleet.rollout.client import create_pool
 
         if self.pool_cfg is None:
             raise RuntimeError("the rollout pool is gone and this run has no pool config to rebuild it")
-        return create_pool(self.model_dir, self.pool_cfg, detached=True)
+        if self.keeper:
+            return ray.get(ray.get_actor(self.keeper).create.remote())
+        return create_pool(self.model_dir, self.pool_cfg)
 
     def _rebuild_pool(self, err: BaseException, resend: bool = True) -> None:
         """Replace a lost pool (same name) and load the last weights sent into it, at the
@@ -183,8 +188,13 @@ class RolloutSource:
             g["parts"].append({k: v[j] for k, v in parts.items()})
         return list(groups.values())
 
-    def _collect(self, step: int) -> tuple[list[dict], dict[str, float]]:
-        """The step's groups (resampling zero-variance ones if configured) and timings."""
+    def _collect(self, step: int) -> tuple[list[dict], list[dict], dict[str, float]]:
+        """The step's groups to train on, every group generated for it, and counts/timings.
+
+        With `drop_zero_variance`, groups whose rewards are all equal are dropped and only
+        freshly sampled groups (up to `max_resample` rounds) take their place: a dropped
+        group never trains. Too few left: the step trains on fewer groups (the loss divides
+        by the step's global counts, so a smaller step is still a consistent update)."""
         start = time.perf_counter()
         ref = self._pending.pop(step, None)
         indices = self._prompt_indices(step, 0, self.per_step)
@@ -193,23 +203,35 @@ class RolloutSource:
         if self.cfg.rollout.max_staleness >= 1 and step + 1 < self.cfg.trainer.max_steps:
             # Generate ahead: the pool samples step+1 while this step updates.
             self._pending[step + 1] = self._submit(self._prompt_indices(step + 1, 0, self.per_step))
-        groups = self._groups(indices, self._rollouts(ref, indices))
-        kept, dropped = groups, []
+        generated = self._groups(indices, self._rollouts(ref, indices))
+        kept = generated
         if self.algo.drop_zero_variance:
-            kept = [g for g in groups if len(set(g["rewards"])) > 1]
-            dropped = [g for g in groups if len(set(g["rewards"])) <= 1]
+            kept = [g for g in generated if _has_signal(g)]
             for round_ in range(1, self.algo.max_resample + 1):
                 missing = self.per_step - len(kept)
                 if missing <= 0:
                     break
                 extra_idx = self._prompt_indices(step, round_, missing)
                 extra = self._groups(extra_idx, self._rollouts(self._submit(extra_idx), extra_idx))
-                kept += [g for g in extra if len(set(g["rewards"])) > 1]
-                dropped += [g for g in extra if len(set(g["rewards"])) <= 1]
-        # Keep the batch size fixed: top up with dropped groups (their advantages are ~0).
-        kept = (kept + dropped)[:self.per_step]
-        return kept, {"rollout_s": time.perf_counter() - start,
-                      "dropped_groups": float(len(dropped)) if self.algo.drop_zero_variance else 0.0}
+                generated += extra
+                kept += [g for g in extra if _has_signal(g)]
+        kept = kept[:self._fits(len(kept))]
+        counts = {"groups_kept": float(len(kept)), "groups_generated": float(len(generated)),
+                  "groups_dropped": float(sum(not _has_signal(g) for g in generated))
+                  if self.algo.drop_zero_variance else 0.0,
+                  "step_shrunk": float(len(kept) < self.per_step)}
+        if counts["step_shrunk"]:
+            print(f"[rollout] step {step + 1}: {len(kept)} of {self.per_step} groups carry a learning signal after "
+                  f"{self.algo.max_resample} resample round(s); training on those", flush=True)
+        return kept, generated, {"rollout_s": time.perf_counter() - start, **counts}
+
+    def _fits(self, groups: int) -> int:
+        """The most of `groups` (at most a step's) whose rows split evenly over the ranks
+        (rank_micro_batches gives every rank the same share)."""
+        n = min(groups, self.per_step)
+        while n and (n * self.algo.group_size) % self.world:
+            n -= 1
+        return n
 
     def _rows(self, groups: list[dict]) -> list[dict]:
         rows = []
@@ -222,28 +244,35 @@ class RolloutSource:
                              "version": s.version})
         return rows
 
-    def _rollout_metrics(self, groups: list[dict], rows: list[dict]) -> dict[str, float]:
-        rewards = torch.tensor([r["reward"] for r in rows])
-        lengths = torch.tensor([float(sum(r["loss_mask"])) for r in rows])
-        stale = torch.tensor([float(self.version - r["version"]) for r in rows])
-        metrics = {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()) if len(rows) > 1 else 0.0,
+    def _rollout_metrics(self, kept: list[dict], generated: list[dict]) -> dict[str, float]:
+        """Rewards over every sample generated for the step (`reward_mean` = `reward/mean_all`,
+        `reward_std`, `reward/<term>`: each term's raw score, `accuracy`: the `task` verifier's
+        when there is one), and over the batch trained on (`reward/mean_kept`)."""
+        everything = torch.tensor([r for g in generated for r in g["rewards"]])
+        samples = [s for g in generated for s in g["samples"]]
+        lengths = torch.tensor([float(len(s.token_ids)) for s in samples])
+        stale = torch.tensor([float(self.version - s.version) for s in samples])
+        metrics = {"reward_mean": float(everything.mean()), "reward/mean_all": float(everything.mean()),
+                   "reward_std": float(everything.std()) if len(everything) > 1 else 0.0,
                    "response_len": float(lengths.mean()), "staleness_mean": float(stale.mean()),
                    "staleness_max": float(stale.max()), "policy_version": float(self.version)}
-        parts = [p for g in groups for p in g["parts"]]
-        names = list(parts[0])  # in `rewards:` order; the first one is reported as accuracy
-        for name in names:
-            metrics[f"reward/{name}"] = sum(p[name] for p in parts) / len(parts)
-        metrics["accuracy"] = metrics[f"reward/{names[0]}"]
+        if kept:
+            metrics["reward/mean_kept"] = float(torch.tensor([r for g in kept for r in g["rewards"]]).mean())
+        parts = [p for g in generated for p in g["parts"]]
+        for name in parts[0]:  # component names: a built-in's type ("task", "format", ...)
+            metrics[f"reward/{name}"] = math.fsum(p[name] for p in parts) / len(parts)
+        if "reward/task" in metrics:  # only the task's verifier is an accuracy
+            metrics["accuracy"] = metrics["reward/task"]
         return metrics
 
     # ------------------------------------------------------------ every rank
     def plan(self, step: int) -> StepPlan:
         payload = None
         if self.rank == 0:
-            groups, timings = self._collect(step)
+            groups, generated, counts = self._collect(step)
             rows = self._rows(groups)
-            metrics = {**timings, **self._rollout_metrics(groups, rows)}
-            self._save_sample(step + 1, groups)
+            metrics = {**counts, **self._rollout_metrics(groups, generated)}
+            self._save_sample(step + 1, generated)
             payload = (rows, metrics)
         rows, metrics = _broadcast(payload, self.rank, self.world)
         self._add_advantages(rows)
@@ -256,6 +285,8 @@ class RolloutSource:
 
     def _add_advantages(self, rows: list[dict]) -> None:
         """Per-token advantages of every row (identical on every rank), in place."""
+        if not rows:  # a step left without any group to learn from
+            return
         mask_lists = [[1.0] * len(r["behaviour_logps"]) for r in rows]
         width = max(len(m) for m in mask_lists)
         mask = torch.tensor([m + [0.0] * (width - len(m)) for m in mask_lists])
@@ -336,6 +367,11 @@ class RolloutSource:
         from tunefleet.train.rollout_samples import log_rollout_sample
 
         log_rollout_sample(self.tracker, done, [self.prompts[g["prompt"]] for g in groups], groups)
+
+
+def _has_signal(group: dict) -> bool:
+    """A group whose rewards are not all equal (a zero-variance group has no advantage)."""
+    return len(set(group["rewards"])) > 1
 
 
 def _pool_errors() -> tuple[type[BaseException], ...]:

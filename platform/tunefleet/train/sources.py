@@ -6,8 +6,8 @@ method; only the source differs:
 - RolloutSource (rollout_source.py): prompts sampled by the RolloutPool, scored by reward
   functions, with advantages; the new weights go back to the pool after each step (RL).
 
-A source has `start(step, saved)` (after resume, with the checkpoint's state.json), `plan(step) -> StepPlan`, `after_step(done)` ->
-metrics, `state()` -> what a checkpoint must remember, and `close()`.
+A source has `start(step, saved)` (after resume, with the checkpoint's state.json), `plan(step) -> StepPlan`,
+`after_step(done)` -> metrics, `state()` -> what a checkpoint must remember, and `close()`.
 """
 
 from __future__ import annotations
@@ -35,10 +35,12 @@ def plan_rows(rows: list[dict], global_idx: list[int], rank: int, world: int, mi
               pad_id: int, num_tokens: int | None = None) -> StepPlan:
     """Split the global batch `rows[global_idx]` into this rank's collated micro-batches."""
     batch_rows = [rows[i] for i in global_idx]
+    if batcher.prepare is not None:  # what depends on the whole step's rows (KTO's KL pairs)
+        batch_rows = batcher.prepare(batch_rows)
     if num_tokens is None:
         num_tokens = count_targets(batcher.collate(batch_rows, pad_id))
-    mine = [batcher.collate([rows[i] for i in chunk], pad_id)
-            for chunk in rank_micro_batches(global_idx, rank, world, micro)]
+    mine = [batcher.collate([batch_rows[j] for j in chunk], pad_id)
+            for chunk in rank_micro_batches(list(range(len(batch_rows))), rank, world, micro)]
     return StepPlan(mine, num_tokens, batcher.sequences(batch_rows))
 
 

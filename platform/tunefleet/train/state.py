@@ -80,5 +80,5 @@ def newest_valid(latest: Path) -> Path | None:
             verify(path)
             return path
         except CheckpointError as err:
-            warnings.warn(f"skipping unusable checkpoint: {err}")
+            warnings.warn(f"skipping unusable checkpoint: {err}", stacklevel=2)
     return None

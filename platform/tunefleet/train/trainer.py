@@ -41,11 +41,12 @@ def ray_train_env(elastic: bool):
 
 def build_trainer(cfg: Config, loop_config: dict, name: str, storage: str):
     """TorchTrainer with `trainer.num_workers` workers, a count or an elastic [min, max]
-    range (gloo on CPU, NCCL on GPU).
+    range of which it takes only the sizes the batch divides (gloo on CPU, NCCL on GPU).
     Rerunning with the same `name` and `storage` resumes from the newest checkpoint."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
+    from tunefleet.train.elastic import SizedTorchTrainer
     from tunefleet.train.loop import train_loop_per_worker
 
     gpu = _use_gpu(cfg)
@@ -62,5 +63,6 @@ def build_trainer(cfg: Config, loop_config: dict, name: str, storage: str):
         failure_config=FailureConfig(max_failures=t.max_failures, controller_failure_limit=t.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
     )
-    return TorchTrainer(train_loop_per_worker, train_loop_config=loop_config, scaling_config=scaling,
-                        run_config=run, torch_config=TorchConfig(backend="nccl" if gpu else "gloo"))
+    return SizedTorchTrainer(train_loop_per_worker, train_loop_config=loop_config, scaling_config=scaling,
+                             run_config=run, torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+                             world_sizes=t.world_sizes)

@@ -106,8 +106,9 @@ def test_pairwise_metrics_of_micro_batches_sum_to_the_whole(name, cfg):
 
 def _kto(logps, mask, ref_key, ref, n, rows=slice(None), kl_delta=0.3):
     """KTO inputs for `rows` of a step; labels alternate 1, 0, ... Every mismatched pair has
-    log-ratio `kl_delta`, so z0 is the same in any micro-batch (z0 is a batch-local estimate,
-    as in TRL)."""
+    log-ratio `kl_delta`, so z0 is the same in any micro-batch (called alone, the loss takes
+    its micro-batch as the whole step; the step passes the step-wide z0, see
+    tests/unit/train/test_kto_invariance.py)."""
     b = ref.shape[0]
     ref_kl = -torch.arange(1.0, b + 1)
     extras = {ref_key: ref, "kto_label": torch.arange(b).remainder(2).eq(0).float(),

@@ -13,10 +13,12 @@ from tunefleet.config.rl import GrpoConfig, ReinforcePPConfig, RlooConfig
 NO_CLIP = dict(clip_low=0.999999, clip_high=1e9)
 
 
-def _inputs(logps, mask, adv, old, ref=None, num_tokens=None, num_sequences=None):
+def _inputs(logps, mask, adv, old, ref=None, num_tokens=None, num_sequences=None, entropy=None):
     extras = {"advantages": adv, "behaviour_logps": old}
     if ref is not None:
         extras["ref_logps"] = ref
+    if entropy is not None:
+        extras["entropy"] = entropy
     n = float(mask.sum()) if num_tokens is None else num_tokens
     s = mask.shape[0] if num_sequences is None else num_sequences
     return LossInputs(logps, mask, n, s, extras)
@@ -74,7 +76,7 @@ def test_clipping_by_hand():
     t4: masked (ratio 3, A = 5): nothing.
     n = 4: loss = (-1.28 + 0.8 - 2.2 + 1.2) / 4 = -0.37; gradient [0, 0, -0.55, 0.3, 0];
     clip_frac 2/4; ratio metric (1.5 + 0.5 + 1.1 + 1.2) / 4 = 1.075;
-    entropy = -sum(logps) / 4 = -sum(log ratio - 1) / 4.
+    neg_logp = -sum(logps) / 4 = -sum(log ratio - 1) / 4 (no "entropy": no extras["entropy"] given).
     """
     ratios = torch.tensor([[1.5, 0.5, 1.1, 1.2, 3.0]], dtype=torch.float64)
     old = torch.full_like(ratios, -1.0)
@@ -88,8 +90,25 @@ def test_clipping_by_hand():
     assert torch.allclose(grad, torch.tensor([[0.0, 0.0, -0.55, 0.3, 0.0]], dtype=torch.float64), atol=1e-12)
     assert out.metrics["clip_frac"].item() == pytest.approx(0.5)
     assert out.metrics["ratio"].item() == pytest.approx(1.075, rel=1e-9)
-    want_entropy = -sum(math.log(r) - 1 for r in (1.5, 0.5, 1.1, 1.2)) / 4
-    assert out.metrics["entropy"].item() == pytest.approx(want_entropy, rel=1e-9)
+    want_neg_logp = -sum(math.log(r) - 1 for r in (1.5, 0.5, 1.1, 1.2)) / 4
+    assert out.metrics["neg_logp"].item() == pytest.approx(want_neg_logp, rel=1e-9)
+    assert "entropy" not in out.metrics
+
+
+def test_entropy_metric_is_the_distribution_entropy():
+    """extras["entropy"] [B, T] is H = -sum_v p_v log p_v per token (the model computes it);
+    the metric is its token mean over the step, summed over micro-batches like the others.
+    Two rows, mask [[1, 1, 0], [1, 0, 0]], H [[ln 2, ln 3, 9], [0.5, 7, 7]], num_tokens 3:
+    entropy = (0.693147 + 1.098612 + 0.5) / 3 = 0.763920. The sampled tokens' logps are all
+    -2, so neg_logp = 2: a different number, as it should be (one sampled token says little
+    about the whole distribution)."""
+    mask = torch.tensor([[1.0, 1, 0], [1, 0, 0]])
+    logps = torch.full((2, 3), -2.0) * mask
+    ent = torch.tensor([[math.log(2), math.log(3), 9.0], [0.5, 7.0, 7.0]])
+    out = policy_loss(_inputs(logps, mask, torch.zeros(2, 3), logps.clone(), entropy=ent), GrpoConfig())
+    assert out.metrics["entropy"].item() == pytest.approx((math.log(2) + math.log(3) + 0.5) / 3, rel=1e-6)
+    assert out.metrics["entropy"].item() == pytest.approx(0.763920, abs=1e-6)
+    assert out.metrics["neg_logp"].item() == pytest.approx(2.0, rel=1e-6)
 
 
 def test_out_of_range_ratio_on_the_pessimistic_side_keeps_its_gradient():
@@ -130,8 +149,11 @@ def test_token_vs_sequence_aggregation_by_hand():
 def test_kl_term_in_the_loss_for_grpo(estimator):
     """GRPO (KL_IN_REWARD False), kl_beta 0.1, ratio 1, A = 0 so only the KL term is left.
     logps [-1, -2], ref [-1.5, -1] -> log ratio [0.5, -1].
-    k1: [0.5, -1], mean over 2 tokens -0.25 -> loss -0.025, gradient 0.1 / 2 = 0.05 per token.
-    k3: e^-0.5 - 1 + 0.5 = 0.106531, e^1 - 1 - 1 = 0.718282 -> mean 0.412406 -> loss 0.0412406.
+    k1: [0.5, -1], mean over 2 tokens -0.25 -> loss -0.025. Its gradient is the score-function
+    gradient of the KL, beta * log ratio / 2 = [0.025, -0.05] (k1's own gradient, 0.05 per
+    token, has expectation 0 and ignores the reference: it pulled nothing).
+    k3: e^-0.5 - 1 + 0.5 = 0.106531, e^1 - 1 - 1 = 0.718282 -> mean 0.412406 -> loss 0.0412406;
+    gradient beta * (1 - e^(ref - logp)) / 2 = 0.05 * [1 - e^-0.5, 1 - e] = [0.019673, -0.085914].
     """
     old = torch.tensor([[-1.0, -2.0]])
     ref = torch.tensor([[-1.5, -1.0]])
@@ -143,9 +165,9 @@ def test_kl_term_in_the_loss_for_grpo(estimator):
     kl = {"k1": -0.25, "k3": (math.exp(-0.5) - 0.5 + math.e - 2) / 2}[estimator]
     assert out.metrics["kl"].item() == pytest.approx(kl, rel=1e-5)
     assert out.loss.item() == pytest.approx(0.1 * kl, rel=1e-5)
-    if estimator == "k1":
-        (g,) = torch.autograd.grad(out.loss, logps)
-        assert torch.allclose(g, torch.full((1, 2), 0.05))
+    (g,) = torch.autograd.grad(out.loss, logps)
+    want = {"k1": [[0.025, -0.05]], "k3": [[0.05 * (1 - math.exp(-0.5)), 0.05 * (1 - math.e)]]}[estimator]
+    assert torch.allclose(g, torch.tensor(want), atol=1e-6)
 
 
 def test_kl_term_adds_to_the_policy_loss_for_grpo():
@@ -187,15 +209,18 @@ def test_micro_batch_invariance(aggregation):
     n, s = float(mask.sum()), 6
 
     full_logps = logps.clone().requires_grad_(True)
-    full = policy_loss(_inputs(full_logps, mask, adv, old, ref, n, s), cfg)
+    ent = torch.rand(mask.shape, generator=torch.Generator().manual_seed(4)) * 3
+    full = policy_loss(_inputs(full_logps, mask, adv, old, ref, n, s, ent), cfg)
     full.loss.backward()
     assert full.metrics["clip_frac"].item() > 0  # the clipped branch is exercised
+    assert {"entropy", "neg_logp"} <= set(full.metrics)
 
     split_logps = logps.clone().requires_grad_(True)
     total, metrics = 0.0, {}
     for i in range(0, 6, 2):
         rows = slice(i, i + 2)
-        out = policy_loss(_inputs(split_logps[rows], mask[rows], adv[rows], old[rows], ref[rows], n, s), cfg)
+        out = policy_loss(_inputs(split_logps[rows], mask[rows], adv[rows], old[rows], ref[rows], n, s,
+                                  ent[rows]), cfg)
         out.loss.backward()
         total = total + out.loss.detach()
         for k, v in out.metrics.items():

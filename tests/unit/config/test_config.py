@@ -43,7 +43,7 @@ BROKEN = [
     ("malformed yaml", "model: {name: tiny-llama\ntrainer: [\n", [], "malformed YAML", "c.yaml:"),
     ("batch not divisible", GOOD, ["trainer.batch_size=5"], "trainer.batch_size", "multiple of"),
     ("bad on_bad_row", GOOD, ["data.on_bad_row=ignore"], "data.on_bad_row", "'error' | 'skip'"),
-    ("task and path", GOOD, ["data.path=x.jsonl"], "data.task", "exactly one"),
+    ("task and path", GOOD, ["data.task=reverse", "data.path=x.jsonl"], "data.task", "exactly one"),
     ("kto micro-batch", GOOD, ["algorithm.type=kto", "reference.mode=live", "trainer.micro_batch_size=1",
                                "trainer.batch_size=2"], "trainer.micro_batch_size", ">= 2"),
     ("kto precompute", GOOD, ["algorithm.type=kto", "reference.mode=precompute"], "reference.mode", "allowed: live"),
@@ -109,3 +109,24 @@ def test_config_package_imports_without_torch_or_ray():
     res = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(ROOT / "platform")},
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
+
+
+TRUNCATED_SAMPLING = [(algo, override, field)
+                      for algo in ("grpo", "rloo", "reinforce_pp")
+                      for override, field in (("algorithm.top_p=0.9", "algorithm.top_p"),
+                                              ("algorithm.top_k=20", "algorithm.top_k"))]
+
+
+@pytest.mark.parametrize("algo,override,field", TRUNCATED_SAMPLING, ids=[f"{a}-{f}" for a, _, f in TRUNCATED_SAMPLING])
+def test_rl_refuses_truncated_sampling(tmp_path, algo, override, field):
+    """top-p / top-k sampling renormalises over a kept set the trainer cannot rebuild exactly,
+    so the importance ratio would compare two distributions: refused, naming field, value, reason."""
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, GOOD), [f"algorithm.type={algo}", override])
+    msg = str(info.value)
+    assert field in msg and override.split("=")[1] in msg and "importance ratio" in msg, msg
+
+
+def test_rl_sampling_temperature_is_what_the_trainer_scores_at(tmp_path):
+    cfg = load_config(_write(tmp_path, GOOD), ["algorithm.type=grpo", "algorithm.temperature=0.7"])
+    assert cfg.algorithm.policy_temperature == 0.7 and cfg.algorithm.top_p == 1.0 and cfg.algorithm.top_k == 0

@@ -28,8 +28,8 @@ def test_string_and_message_pairs():
 
 
 def test_hh_rlhf_dialogues_split_at_the_shared_assistant_marker():
-    chosen = "\n\nHuman: How do I bake bread?\n\nAssistant: Flour, water, yeast.\n\nHuman: And salt?\n\nAssistant: Yes, a pinch."
-    rejected = "\n\nHuman: How do I bake bread?\n\nAssistant: Flour, water, yeast.\n\nHuman: And salt?\n\nAssistant: No idea."
+    shared = "\n\nHuman: How do I bake bread?\n\nAssistant: Flour, water, yeast.\n\nHuman: And salt?\n\nAssistant:"
+    chosen, rejected = shared + " Yes, a pinch.", shared + " No idea."
     prompt, c, r = split_shared_prefix(chosen, rejected)
     assert prompt.endswith("\n\nAssistant:") and c == "Yes, a pinch." and r == "No idea."
     ex = to_preference_example({"chosen": chosen, "rejected": rejected})

@@ -4,7 +4,6 @@ import importlib.util
 import multiprocessing
 import os
 import time
-from pathlib import Path
 
 import pytest
 import torch

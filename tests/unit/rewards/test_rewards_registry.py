@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from tunefleet.config import BUILTIN_REWARDS, RewardSpec
-from tunefleet.rewards import REWARDS, RewardInput, build_reward
+from tunefleet.config.rewards import REWARD_PARAMS
+from tunefleet.rewards import REWARDS, RewardInput, build_reward, builtin
+from tunefleet.rewards.base import required
 
 PKG = Path(__file__).resolve().parents[3] / "platform" / "tunefleet" / "rewards"
 
@@ -28,6 +30,31 @@ NOT_CALLABLE = 3
 
 def test_registry_implements_exactly_the_config_builtins():
     assert set(REWARDS) == set(BUILTIN_REWARDS)
+
+
+class _Declared(Exception):
+    pass
+
+
+def test_factories_take_exactly_the_params_the_config_checks(monkeypatch):
+    """`tunefleet validate` checks params against config/rewards.py's REWARD_PARAMS; each
+    factory must accept the same names, with the same defaults and the same required ones."""
+    seen = {}
+
+    def spy(reward, params, defaults):
+        seen[reward] = dict(defaults)
+        raise _Declared
+
+    monkeypatch.setattr(builtin, "take_params", spy)
+    for factory in REWARDS.values():
+        with pytest.raises(_Declared):
+            factory({}, None)
+    assert set(REWARD_PARAMS) == set(REWARDS)
+    for name, declared in REWARD_PARAMS.items():
+        assert set(seen[name]) == set(declared), name
+        for param, spec in declared.items():
+            expected = required() if spec.required else spec.default
+            assert seen[name][param] is expected or seen[name][param] == expected, (name, param)
 
 
 def test_weighted_sum_and_raw_components():

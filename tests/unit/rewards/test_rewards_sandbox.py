@@ -3,15 +3,17 @@ the test process (and the machine) untouched."""
 
 import logging
 import os
+import shutil
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tunefleet.rewards import REWARDS, RewardInput
-from tunefleet.rewards import sandbox
-from tunefleet.rewards.sandbox import SandboxLimits, run_python
+from tunefleet.rewards import REWARDS, RewardInput, sandbox
+from tunefleet.rewards.sandbox import SandboxLimits, run_python, run_tests
 
 FAST = SandboxLimits(timeout_s=3, cpu_s=1)
 
@@ -173,3 +175,108 @@ def test_sandboxes_run_in_parallel_and_keep_order():
     rewards = code_exec([slow.format(True), slow.format(False)] * 2, max_workers=4)
     assert rewards == [1.0, 0.0, 1.0, 0.0]
     assert time.monotonic() - start < 3.0  # one at a time would take over 4 s
+
+
+# ------------------------------------------------ a sandbox that cannot isolate stops the run
+@pytest.fixture
+def no_chroot(monkeypatch):
+    """The sandbox as on a machine without CAP_SYS_CHROOT: the prelude's chroot fails."""
+    prelude = sandbox._prelude()
+    assert 'os.chroot(".")' in prelude
+    monkeypatch.setattr(sandbox, "_PRELUDE_SOURCE",
+                        prelude.replace('os.chroot(".")', 'raise PermissionError(1, "Operation not permitted")'))
+    monkeypatch.setattr(sandbox, "_isolation_ok", set())
+    monkeypatch.setattr(sandbox, "_warned", set())
+
+
+def test_code_exec_reward_stops_at_build_when_the_sandbox_cannot_isolate(no_chroot):
+    with pytest.raises(sandbox.SandboxUnavailable,
+                       match=r"cannot isolate .* Missing: chroot\(2\) .*CAP_SYS_CHROOT.*PermissionError"):
+        REWARDS["code_exec"]({}, None)
+
+
+@pytest.mark.parametrize("wrapper, missing, error", [
+    # CAP_SYS_CHROOT dropped from the bounding set: neither the child Python nor its sandboxes have it
+    (["setpriv", "--bounding-set", "-sys_chroot"], "Missing: chroot(2) into the temporary directory (CAP_SYS_CHROOT)",
+     "chroot failed: PermissionError(1, 'Operation not permitted')"),
+    # a CPU hard limit below the reward's cpu_s (2 s): the sandbox cannot set its own
+    (["prlimit", "--cpu=1:1"], "Missing: setting resource limits", "rlimits failed: ValueError("),
+], ids=["no_chroot_capability", "low_hard_rlimit"])
+def test_a_real_missing_privilege_stops_the_reward_build_naming_it(wrapper, missing, error):
+    if os.getuid() != 0 or shutil.which(wrapper[0]) is None:
+        pytest.skip(f"needs root and {wrapper[0]}")
+    code = "from tunefleet.rewards import REWARDS\nREWARDS['code_exec']({}, None)\nprint('built')\n"
+    result = subprocess.run([*wrapper, sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "built" not in result.stdout
+    assert "SandboxUnavailable" in result.stderr and "every sample would score 0" in result.stderr
+    assert missing in result.stderr and error in result.stderr
+
+
+def test_no_namespaces_stops_the_build(monkeypatch):
+    # As where neither unshare(2) nor a user namespace is allowed.
+    prelude = sandbox._prelude()
+    assert prelude.count("libc.unshare(") == 2
+    monkeypatch.setattr(sandbox, "_PRELUDE_SOURCE", prelude.replace("libc.unshare(", "(lambda flags: -1)("))
+    monkeypatch.setattr(sandbox, "_isolation_ok", set())
+    monkeypatch.setattr(sandbox, "_warned", set())
+    with pytest.raises(sandbox.SandboxUnavailable, match=r"Missing: new network, PID and IPC namespaces"):
+        REWARDS["code_exec"]({}, None)
+
+
+def test_a_leaky_sandbox_stops_the_build(monkeypatch):
+    # The probe runs inside the sandbox and lists what it can see that it must not.
+    monkeypatch.setattr(sandbox, "_PROBE", "def problems():\n    return ['network interfaces are visible']\n")
+    monkeypatch.setattr(sandbox, "_isolation_ok", set())
+    with pytest.raises(sandbox.SandboxUnavailable, match="self-check failed.*network interfaces are visible"):
+        REWARDS["code_exec"]({}, None)
+
+
+def test_the_probe_passes_here_and_runs_once(monkeypatch):
+    monkeypatch.setattr(sandbox, "_isolation_ok", set())
+    sandbox.check_isolation(FAST)
+    monkeypatch.setattr(sandbox, "run_tests", None)  # a second check for the same limits runs nothing
+    sandbox.check_isolation(FAST)
+
+
+def _code_exec_run():
+    from tunefleet.config import load_config
+
+    recipe = Path(__file__).resolve().parents[3] / "jobs" / "configs" / "grpo_arith.yaml"
+    return load_config(recipe, ["rewards=[{type: code_exec}]"])
+
+
+def test_driver_reward_check_raises(no_chroot):
+    from tunefleet.pipelines.rl_pool import check_rewards
+
+    with pytest.raises(sandbox.SandboxUnavailable, match=r"Missing: chroot\(2\)"):
+        check_rewards(_code_exec_run())
+
+
+@pytest.mark.slow  # starts nothing, but imports torch and Ray Train (~10 s)
+def test_rl_run_stops_before_ray_starts(no_chroot, monkeypatch):
+    from tunefleet import cluster
+    from tunefleet.pipelines.train_job import run_train_job
+
+    def init_ray(**kwargs):
+        raise AssertionError("Ray started before the rewards were checked")
+
+    monkeypatch.setattr(cluster, "init_ray", init_ray)
+    with pytest.raises(sandbox.SandboxUnavailable, match=r"Missing: chroot\(2\)"):
+        run_train_job(_code_exec_run())
+
+
+# ------------------------------------------------ the verdict comes from the tests' own sandbox
+def test_run_tests_verdict_is_the_tests_process():
+    good = run_tests("def f(x):\n    return 2 * x\n", "assert f(3) == 6\n", FAST)
+    assert good.ok and good.returncode == 0 and good.isolation_error is None
+    exited = run_tests("import os\nos._exit(0)\n", "", FAST)  # even with no tests: the top level must return
+    assert not exited.ok and "before its top-level code finished" in exited.tests_output
+    failed = run_tests("def f(x):\n    return x\n", "assert f(3) == 6, 'wrong'\n", FAST)
+    assert not failed.ok and "AssertionError: wrong" in failed.tests_output
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="as root every sandbox gets its own uid")
+def test_each_sandbox_runs_as_its_own_unprivileged_uid():
+    # RLIMIT_NPROC counts per uid: a fork bomb in one sample cannot starve the next one's fork.
+    uids = [int(run_python("import os\nprint(os.getuid())", FAST).stdout) for _ in range(2)]
+    assert 0 not in uids and uids[0] != uids[1]

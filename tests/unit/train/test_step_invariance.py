@@ -34,7 +34,10 @@ def _rows(n=4, seed=0):
     return rows
 
 
-def _ctx(tiny, lora=None, algo=SftConfig()):
+SFT = SftConfig()
+
+
+def _ctx(tiny, lora=None, algo=SFT):
     torch.manual_seed(0)
     policy = build_policy(tiny, "float32", lora, torch.device("cpu"), 1)
     opt = torch.optim.SGD(policy.trainable_parameters(), lr=0.1)
