@@ -40,7 +40,8 @@ class LocalCluster:
         """`ray start --address` a worker node; returns its node-manager port (its handle)."""
         port = free_port()
         cmd = [str(BIN / "ray"), "start", "--address", self.gcs, "--node-ip-address", "127.0.0.1",
-               "--num-cpus", str(num_cpus), "--node-manager-port", str(port), "--node-name", f"tf-node-{port}"]
+               "--num-cpus", str(num_cpus), "--node-manager-port", str(port), "--node-name", f"tf-node-{port}",
+               *_own_ports(head=False)]
         subprocess.run(cmd, check=True, env=self.env, capture_output=True, timeout=120)
         return port
 
@@ -90,7 +91,7 @@ class LocalCluster:
         return list(found.values())
 
     def stop(self) -> None:
-        """Stop this cluster's processes only (never `ray stop`, which stops every Ray
+        """Stop this cluster's processes only (never the `ray` CLI's stop, which ends every Ray
         instance on the machine, another user's included): SIGTERM, then SIGKILL after 15 s."""
         import psutil
 
@@ -111,6 +112,15 @@ class LocalCluster:
             shutil.rmtree(self.temp, ignore_errors=True)
 
 
+def _own_ports(head: bool) -> list[str]:
+    """Free ports for what Ray otherwise binds at fixed defaults: with another Ray instance
+    on the machine (a user's demo, a second test run), a node's dashboard agent could not
+    bind 52365 and the cluster took no job ("No available agent to submit job"); the
+    head's client server would likewise collide on 10001."""
+    ports = ["--dashboard-agent-listen-port", str(free_port())]
+    return ports + ["--ray-client-server-port", str(free_port())] if head else ports
+
+
 def start_head(num_cpus: int) -> LocalCluster:
     """`ray start --head` on loopback with the dashboard (Ray Train's controller needs it)."""
     # A short temp dir: Ray's unix socket paths must stay under ~107 characters.
@@ -123,7 +133,7 @@ def start_head(num_cpus: int) -> LocalCluster:
            "RAY_AUTH_TOKEN": os.environ.get("RAY_AUTH_TOKEN") or secrets.token_hex(32)}
     cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", str(num_cpus),
-           "--temp-dir", temp]
+           "--temp-dir", temp, *_own_ports(head=True)]
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=120)
     return LocalCluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", env, temp)
 
