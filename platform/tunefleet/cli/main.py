@@ -1,4 +1,4 @@
-"""`tunefleet run | validate | score | generate | export | models | demo`.
+"""`tunefleet run | validate | score | generate | export | models | eval | demo`.
 
 Config errors exit with status 2 before anything heavy is imported; the last line a run
 prints is one line of JSON: {"run_id": ..., "metrics": {...}, "artifacts": [...]}.
@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from tunefleet.config import ConfigError, load_config
+from tunefleet.eval.command import add_eval_parser, eval_command
 
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
 
@@ -61,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("models", help="list registered model versions with their lineage")
     sp.add_argument("name", nargs="?", default=None, help="only this registered model")
     sp.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or the local store")
+    add_eval_parser(sub)
     sp = sub.add_parser("demo", help="LoRA SFT of SmolLM2-135M-Instruct on the arith task, with eval before/after")
     sp.add_argument("overrides", nargs="*", help="dotted overrides for the demo config")
     return p
@@ -137,6 +139,8 @@ def main(argv: list[str] | None = None, ship_package: bool = False) -> int:
         return 0
     if args.command == "generate":
         return _generate(args)
+    if args.command == "eval":
+        return eval_command(args)
     if args.command in ("export", "models"):
         return _export_or_list(args)
     if args.command == "demo":

@@ -24,7 +24,7 @@ from tunefleet.rewards.base import (
     required,
     take_params,
 )
-from tunefleet.rewards.mathnorm import answers_match, extract_answer, gold_answer, normalise_text
+from tunefleet.rewards.mathnorm import math_answer_correct, normalise_text
 from tunefleet.rewards.sandbox import SandboxLimits, check_isolation, run_tests
 
 
@@ -87,9 +87,8 @@ def math_answer_reward(params: dict, task_name: str | None) -> RewardFn:
     check_param(isinstance(fallback, bool), "math_answer", "fallback_last_number", fallback, "true or false")
 
     def score(inp: RewardInput) -> float:
-        found = extract_answer(inp.completion, fallback)
-        # Nothing extracted: the whole completion is the answer ("5", "Paris").
-        return _as_reward(answers_match(inp.completion if found is None else found, gold_answer(inp.answer)))
+        # The one shared verdict (tunefleet eval's GSM8K suites use it too).
+        return _as_reward(math_answer_correct(inp.completion, inp.answer, fallback))
 
     def fn(inputs: list[RewardInput]) -> list[float]:
         need_answers("math_answer", inputs)

@@ -106,3 +106,11 @@ def answers_match(predicted: str, gold: str) -> bool:
     if p is not None and g is not None:
         return p == g
     return normalise_text(clean(predicted)) == normalise_text(clean(gold))
+
+
+def math_answer_correct(completion: str, answer: str, fallback_last_number: bool = True) -> bool:
+    """The `math_answer` reward's verdict, shared with `tunefleet eval`'s GSM8K suites: the
+    extracted final answer (or, when none is found, the whole completion: "5", "Paris")
+    matches the gold answer (a GSM8K `... #### N` string or a plain value)."""
+    found = extract_answer(completion, fallback_last_number)
+    return answers_match(completion if found is None else found, gold_answer(answer))
