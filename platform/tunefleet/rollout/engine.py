@@ -29,10 +29,10 @@ from pathlib import Path
 import ray
 
 from tunefleet.config.rollout import RolloutConfig
+from tunefleet.rollout.adapter_dirs import AdapterDirs
 from tunefleet.rollout.samples import Request, Rollout, Sample, Sampling, SyncError
 from tunefleet.rollout.shm import SharedMaps, sweep_dead
 from tunefleet.rollout.sync import (
-    AdapterDirs,
     AdapterPayload,
     FullWeights,
     check_adapter,

@@ -234,46 +234,6 @@ def write_adapter(payload: AdapterPayload, dest: Path) -> Path:
     return dest
 
 
-class AdapterDirs:
-    """An engine's adapter directories (`root/lora-v<version>`): every LoRA sync writes one,
-    so without pruning a long run fills the disk. Only the served one and the one being
-    staged are kept; `close` (the pool's shutdown) deletes them all."""
-
-    PREFIX = "lora-v"
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        self.served: int | None = None
-
-    def write(self, payload: AdapterPayload, version: int) -> Path:
-        """Write the adapter staged as `version`; any other unserved one (aborted) goes."""
-        self._prune(keep={self.served, version})
-        return write_adapter(payload, self.root / f"{self.PREFIX}{version}")
-
-    def commit(self, version: int | None) -> None:
-        """`version` is served now (None: no adapter); older directories go."""
-        self.served = version
-        self._prune(keep={v for v in self._versions() if version is not None and v >= version})
-
-    def close(self) -> None:
-        import shutil
-
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    def _versions(self) -> list[int]:
-        if not self.root.is_dir():
-            return []
-        return [int(p.name[len(self.PREFIX):]) for p in self.root.iterdir()
-                if p.name.startswith(self.PREFIX) and p.name[len(self.PREFIX):].isdigit()]
-
-    def _prune(self, keep: set) -> None:
-        import shutil
-
-        for v in self._versions():
-            if v not in keep:
-                shutil.rmtree(self.root / f"{self.PREFIX}{v}", ignore_errors=True)
-
-
 def check_adapter(payload: AdapterPayload, max_rank: int) -> None:
     """Reject an adapter before commit: rank above the engine's, non-LoRA or non-finite weights."""
     if not 1 <= payload.rank <= max_rank:

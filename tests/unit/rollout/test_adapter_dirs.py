@@ -7,8 +7,9 @@ from types import SimpleNamespace
 import torch
 
 from tunefleet.config.rollout import RolloutConfig
+from tunefleet.rollout.adapter_dirs import AdapterDirs
 from tunefleet.rollout.engine import VLLMEngine
-from tunefleet.rollout.sync import AdapterDirs, AdapterPayload, pack_buckets
+from tunefleet.rollout.sync import AdapterPayload, pack_buckets
 
 
 class FakeLLM:
