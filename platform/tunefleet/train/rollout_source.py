@@ -36,16 +36,6 @@ RESAMPLE_SEED_OFFSET = 7919  # resampling rounds draw from their own seeded stre
 POOL_REBUILDS = 3  # per call: a pool that dies again right after a rebuild is not a blip
 
 
-def _broadcast(obj, rank: int, world: int):
-    """Rank 0's `obj` on every rank (on the group's device: train/collectives.py)."""
-    return broadcast_object(obj, rank, world)
-
-
-def _all_gather(obj, world: int) -> list:
-    """Every rank's `obj`, in rank order (train/collectives.py)."""
-    return all_gather_object(obj, world)
-
-
 class RolloutSource:
     """See the module docstring. `reporter`: rank 0's Tracker (or None) for artifacts."""
 
@@ -90,7 +80,7 @@ class RolloutSource:
             import ray
 
             served = self.version = ray.get(self.pool.status.remote())["version"]
-        served = _broadcast(served, self.rank, self.world)
+        served = broadcast_object(served, self.rank, self.world)
         if step > 0 or served > 0:
             self._push()
             if self.rank == 0:
@@ -274,7 +264,7 @@ class RolloutSource:
             metrics = {**counts, **self._rollout_metrics(groups, generated)}
             self._save_sample(step + 1, generated)
             payload = (rows, metrics)
-        rows, metrics = _broadcast(payload, self.rank, self.world)
+        rows, metrics = broadcast_object(payload, self.rank, self.world)
         self._add_advantages(rows)
         t = self.cfg.trainer
         num_tokens = sum(len(r["behaviour_logps"]) for r in rows)
@@ -319,7 +309,7 @@ class RolloutSource:
                 for b, i in enumerate(chunk):
                     mine[i] = logps[b][sel[b]].tolist()
         merged = {}
-        for part in _all_gather(mine, self.world):
+        for part in all_gather_object(mine, self.world):
             merged.update(part)
         return [merged[i] for i in idx]
 

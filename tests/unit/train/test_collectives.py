@@ -88,7 +88,7 @@ def test_step_metrics_are_reduced_on_the_group_device(monkeypatch, nccl):
 
 
 def test_object_broadcasts_name_the_group_device(monkeypatch, nccl):
-    """control.stop_requested and rollout_source._broadcast hand broadcast_object_list the
+    """control.stop_requested and rollout_source (broadcast_object) hand broadcast_object_list the
     NCCL device (it serialises the objects into a tensor on it); rank 1 gets rank 0's object."""
     from tunefleet.train import control, rollout_source
 
@@ -101,19 +101,19 @@ def test_object_broadcasts_name_the_group_device(monkeypatch, nccl):
 
     monkeypatch.setattr(dist, "broadcast_object_list", broadcast_object_list)
     assert control.stop_requested(None, 1, 2) == "from rank 0"
-    assert rollout_source._broadcast(None, 1, 2) == "from rank 0"
-    assert rollout_source._broadcast({"rows": [1]}, 0, 2) == {"rows": [1]}
+    assert rollout_source.broadcast_object(None, 1, 2) == "from rank 0"
+    assert rollout_source.broadcast_object({"rows": [1]}, 0, 2) == {"rows": [1]}
     assert calls == [CUDA1] * 3
 
 
 def test_all_gather_goes_through_collectives(monkeypatch, nccl):
-    """rollout_source._all_gather: every rank's object, in rank order (world 1: no collective)."""
+    """rollout_source (all_gather_object): every rank's object, in rank order (world 1: no collective)."""
     from tunefleet.train import rollout_source
 
     def all_gather_object(out, obj, group=None):
         out[:] = [obj, {"rank": 1}]
 
     monkeypatch.setattr(dist, "all_gather_object", all_gather_object)
-    assert rollout_source._all_gather({"rank": 0}, 2) == [{"rank": 0}, {"rank": 1}]
-    assert rollout_source._all_gather("x", 1) == ["x"]
+    assert rollout_source.all_gather_object({"rank": 0}, 2) == [{"rank": 0}, {"rank": 1}]
+    assert rollout_source.all_gather_object("x", 1) == ["x"]
     assert collectives.broadcast_object("y", 0, 1) == "y" and collectives.all_reduce_sum([1.0], 1) == [1.0]
