@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from tunefleet.config.evaluation import EvalConfig
 from tunefleet.config.loader import ConfigError, check
 from tunefleet.config.loader import dotted as _p
 from tunefleet.config.rewards import RewardSpec
@@ -211,20 +212,6 @@ class TrackingConfig:
     uri: str | None = None
     experiment: str = "tunefleet"
     enabled: bool = True
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """Greedy exact-match evaluation on the task's held-out split, before and after training."""
-
-    before: bool = True
-    after: bool = True
-    max_new_tokens: int = 32
-    batch_size: int = 32
-
-    def validate(self, path: str) -> None:
-        check(self.max_new_tokens >= 1, _p(path, "max_new_tokens"), self.max_new_tokens, ">= 1")
-        check(self.batch_size >= 1, _p(path, "batch_size"), self.batch_size, ">= 1")
 
 
 @dataclass(frozen=True)

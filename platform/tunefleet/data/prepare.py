@@ -167,3 +167,24 @@ def prepare_data(data_cfg, batch_kind: str, tokenizer, max_prompt_tokens: int | 
         return PreparedData(rows=rows, eval_problems=evals, info={"train": info}, bad_rows=tuple(too_long))
     rows, info, bad = read_tokenized(data_cfg.path, batch_kind, data_cfg, tokenizer)
     return PreparedData(rows=rows, info={"train": info}, bad_rows=bad)
+
+
+def read_heldout(data_cfg, batch_kind: str, tokenizer, max_prompt_tokens: int | None = None):
+    """`data.eval_path` rows in the training rows' form for `batch_kind` (tokenized rows; RL:
+    prompt rows): (rows, digest). Bad rows follow data.on_bad_row and name `file:line`."""
+    path = data_cfg.eval_path
+    if batch_kind == "rl":
+        rows, digest, _ = read_prompt_rows(path, tokenizer, max_prompt_tokens or data_cfg.max_length,
+                                           data_cfg.on_bad_row)
+    elif batch_kind == "single":
+        result = read_rows(path, on_bad_row=data_cfg.on_bad_row, validate=sft_row_problem)
+        rows, too_long = _tokenize_all(data_cfg, result.rows, lambda r: tokenize_sft(
+            tokenizer, to_sft_example(r), data_cfg.max_length))
+        _check_truncated(data_cfg, rows, too_long)
+        digest = result.digest
+    else:
+        rows, info, _ = read_tokenized(path, batch_kind, data_cfg, tokenizer)
+        digest = info["digest"]
+    if not rows:
+        raise DataError(f"{path}:1: empty eval file (no usable rows)")
+    return rows, digest

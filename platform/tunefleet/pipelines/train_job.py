@@ -191,6 +191,7 @@ def run_train_job(cfg: Config, ship_package: bool = False) -> JobResult:
     from tunefleet.cluster import init_ray
     from tunefleet.data.prepare import prepare_data
     from tunefleet.models.registry import load_tokenizer, resolve_model
+    from tunefleet.pipelines.eval_steps import EvalFailed, build_plan, finish_eval, log_plan
     from tunefleet.train.trainer import build_trainer, ray_train_env
 
     if cfg.algorithm.BATCH == "rl":  # before Ray, data and the base model's eval
@@ -203,9 +204,11 @@ def run_train_job(cfg: Config, ship_package: bool = False) -> JobResult:
     rl = cfg.algorithm.BATCH == "rl"
     max_prompt = cfg.rollout.max_model_len - cfg.algorithm.max_new_tokens if rl else None
     data = prepare_data(cfg.data, cfg.algorithm.BATCH, tokenizer, max_prompt)
+    plan = build_plan(cfg, tokenizer, model_dir, max_prompt)
     _precompute(cfg, model_dir, tokenizer, data)
     name = run_name(cfg)
     tracker = _start_tracker(cfg, name)
+    log_plan(tracker, plan)
     for ds_name, info in data.info.items():
         tracker.log_dataset(ds_name, info["digest"], info["rows"], info["source"])
     if data.bad_rows:
@@ -221,6 +224,9 @@ def run_train_job(cfg: Config, ship_package: bool = False) -> JobResult:
           f"{cfg.trainer.max_steps} steps; storage {storage_path(cfg)}/{name}", flush=True)
     control = start_control(name)
     loop_config["control_name"] = control_name(name)
+    eval_dir = Path(storage_path(cfg)) / name / "eval"
+    if plan is not None:
+        loop_config.update(eval_ref=ray.put(plan), eval_dir=str(eval_dir))
     sample_log = Path(storage_path(cfg)) / name / "sample_ids.jsonl"
     if cfg.trainer.log_sample_ids:
         sample_log.parent.mkdir(parents=True, exist_ok=True)
@@ -244,6 +250,11 @@ def run_train_job(cfg: Config, ship_package: bool = False) -> JobResult:
     export_dir = str(Path(ckpt_path) / "export") if ckpt_path and (Path(ckpt_path) / "export").is_dir() else None
     if cfg.eval.after and export_dir:
         metrics.update(_evaluate(evaluator, export_dir, "after", tracker, cfg.trainer.max_steps))
+    try:
+        metrics.update(finish_eval(tracker, cfg, plan, eval_dir, model_dir))
+    except EvalFailed:
+        tracker.finish("FAILED")
+        raise
     if export_dir:
         tracker.log_artifact(export_dir, "adapter" if cfg.model.lora is not None else "model")
     if rl and cfg.tracking.enabled and tracker.run_id:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from tunefleet.config.evaluation import default_mode
+
 
 def _history(tracker, key: str) -> tuple[list[int], list[float]]:
     points = sorted((m.step, m.value) for m in tracker.client.get_metric_history(tracker.run_id, key))
@@ -47,15 +49,84 @@ def reward_curve(tracker, out: Path, eval_metrics: dict[str, float] | None = Non
     return out
 
 
-def log_reward_curve(tracker, eval_metrics: dict[str, float] | None = None) -> None:
-    """Plot and log `plots/reward_curve.png`; a plotting or tracking problem only warns."""
+def log_plot(tracker, name: str, draw) -> None:
+    """Draw `plots/<name>` with `draw(path) -> path | None` and log it; a plotting or
+    tracking problem only warns (a plot must never fail a finished run)."""
     import warnings
 
     try:
         folder = Path(tempfile.gettempdir()) / f"tunefleet-plots-{tracker.run_id}"
         folder.mkdir(parents=True, exist_ok=True)
-        path = reward_curve(tracker, folder / "reward_curve.png", eval_metrics)
+        path = draw(folder / name)
         if path is not None:
             tracker.log_artifact(str(path), "plots")
-    except Exception as err:  # noqa: BLE001 - a plot must never fail a finished run
-        warnings.warn(f"could not plot the reward curve: {err}", stacklevel=2)
+    except Exception as err:  # noqa: BLE001
+        warnings.warn(f"could not draw plots/{name}: {err}", stacklevel=2)
+
+
+def log_reward_curve(tracker, eval_metrics: dict[str, float] | None = None) -> None:
+    """Plot and log `plots/reward_curve.png`."""
+    log_plot(tracker, "reward_curve.png", lambda out: reward_curve(tracker, out, eval_metrics))
+
+
+def _series(points: list[dict], suite: str, metric: str) -> tuple[list[int], list[float]]:
+    pts = [(p["step"], p["metrics"][suite][metric]) for p in points if metric in p["metrics"].get(suite, {})]
+    return [s for s, _ in pts], [v for _, v in pts]
+
+
+def _figure(n: int):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 3.8), squeeze=False)
+    return plt, fig, list(axes[0])
+
+
+def _save(plt, fig, out: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def forgetting_curves(plan, points: list[dict], out: Path) -> Path | None:
+    """One panel per general suite: its headline metric against step, the base model's score
+    dashed. `points`: the run's eval points (pipelines/eval_steps.py read_points)."""
+    suites = [s for s in plan.general if _series(points, s, plan.headline(s))[0]]
+    if not suites:
+        return None
+    plt, fig, axes = _figure(len(suites))
+    for ax, suite in zip(axes, suites):
+        metric = plan.headline(suite)
+        steps, values = _series(points, suite, metric)
+        ax.plot(steps, values, marker="o", label="fine-tuned")
+        if steps and steps[0] == 0:
+            ax.axhline(values[0], ls="--", color="grey", label=f"base = {values[0]:.4g}")
+        ax.set_title(f"forgetting check: {suite}", fontsize=10)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(f"{metric} ({'lower' if default_mode(metric) == 'min' else 'higher'} is better)")
+        ax.legend(loc="best", fontsize=8)
+        ax.grid(alpha=0.3)
+    return _save(plt, fig, out)
+
+
+def eval_curves(plan, points: list[dict], out: Path) -> Path | None:
+    """Every suite's headline metric against step, one panel per metric name."""
+    by_metric: dict[str, list[str]] = {}
+    for suite in plan.names():
+        if _series(points, suite, plan.headline(suite))[0]:
+            by_metric.setdefault(plan.headline(suite), []).append(suite)
+    if not by_metric:
+        return None
+    plt, fig, axes = _figure(len(by_metric))
+    for ax, (metric, suites) in zip(axes, by_metric.items()):
+        for suite in suites:
+            ax.plot(*_series(points, suite, metric), marker="o", label=suite)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(metric)
+        ax.set_title(f"eval: {metric}", fontsize=10)
+        ax.legend(loc="best", fontsize=8)
+        ax.grid(alpha=0.3)
+    return _save(plt, fig, out)

@@ -17,6 +17,7 @@ import torch
 from tunefleet.algorithms import get_loss
 from tunefleet.config import Config, config_from_dict
 from tunefleet.train.control import stop_requested
+from tunefleet.train.eval_hook import EvalHook
 from tunefleet.train.progress import StatusLine
 from tunefleet.train.schedule import lr_factor
 from tunefleet.train.sources import make_source
@@ -216,6 +217,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     reporter = _Reporter(loop_config.get("tracking_uri"), loop_config.get("run_id"), rank)
     source = make_source(cfg, loop_config, ctx, rank, world, reporter.tracker)
     source.start(start, saved)
+    evals = EvalHook(cfg, loop_config, ctx, rank, reporter)
+    evals.start(start)
     control = _control(loop_config.get("control_name"), rank)
     if rank == 0:  # the global batch is fixed; accumulation follows the (possibly resized) group
         print(f"[train] {world} worker(s), {t.grad_accum_for(world)} micro-batch(es) of {t.micro_batch_size} per "
@@ -240,6 +243,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             status.update(done, metrics)
         if _end_of_step(ctx, cfg, done, rank, world, metrics, source, loop_config, control, preempt):
             break
+        evals.after_step(done)
         _inject_faults(t, done, start, rank, world, loop_config.get("run_id"))
     source.close()
     reporter.close()
