@@ -44,6 +44,23 @@ def test_preference_file_with_heldout_pairs_and_live_reference(ray_cluster, home
     assert result.metrics["loss"] > 0
 
 
+@pytest.mark.parametrize("name", ["kto", "reward_model"])
+def test_eval_path_is_scored_at_every_eval_point(ray_cluster, home, tmp_path, name):
+    """KTO and reward models ignored data.eval_path before; now its rows are the `heldout` suite."""
+    words = ("apple", "river", "stone", "cloud")
+    rows = ([{"prompt": f"Say {w}", "completion": w, "label": i % 2 == 0} for i, w in enumerate(words)]
+            if name == "kto" else [{"prompt": f"Say {w}", "chosen": w, "rejected": w[::-1]} for w in words])
+    held = tmp_path / "held.jsonl"
+    held.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config(ROOT / "jobs" / "configs" / f"{name}.yaml", TINY + [
+        f"data.eval_path={held}", "eval.every_steps=2", "eval.before=false", "trainer.max_steps=4",
+        f"tracking.uri=sqlite:///{home}/mlflow.db"])
+    result = run_train_job(cfg)
+    key = "eval/heldout/loss" if name == "kto" else "eval/heldout/preference_accuracy"
+    assert sorted(metric_history(cfg.tracking.uri, result.run_id, key)) == [2, 4]
+    assert result.metrics["eval.objective"] == result.metrics[key]
+
+
 def test_reward_model_scores_rows_into_parquet(ray_cluster, home, tmp_path):
     import pyarrow.parquet as pq
 

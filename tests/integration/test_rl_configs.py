@@ -27,10 +27,17 @@ def _history(cfg, run_id, key):
 # The sample configs push merged LoRA weights; rloo here pushes the adapter itself.
 @pytest.mark.parametrize("name,sync", [("grpo_arith", "merged"), ("rloo_arith", "adapter"),
                                        ("reinforce_pp_arith", "merged")])
-def test_rl_sample_config_runs_with_tiny_llama(ray_cluster, home, name, sync):
+def test_rl_sample_config_runs_with_tiny_llama(ray_cluster, home, tmp_path, name, sync):
+    held = tmp_path / "held_prompts.jsonl"
+    held.write_text('{"prompt": "What is 2 + 3?", "answer": "5"}\n{"prompt": "What is 4 + 4?", "answer": "8"}\n')
+    heldout = [f"data.eval_path={held}"] if name == "rloo_arith" else []  # one config is enough
     cfg = load_config(ROOT / "jobs" / "configs" / f"{name}.yaml",
-                      TINY + [f"tracking.uri=sqlite:///{home}/mlflow.db", f"rollout.lora_sync={sync}"])
+                      TINY + [f"tracking.uri=sqlite:///{home}/mlflow.db", f"rollout.lora_sync={sync}", *heldout])
     result = run_train_job(cfg)
+    if heldout:  # held-out prompts scored by the run's rewards at step 0 and after the last step
+        assert sorted(_history(cfg, result.run_id, "eval/heldout/reward_mean")) == [0, 3]
+        assert sorted(_history(cfg, result.run_id, "eval/heldout/reward_format")) == [0, 3]
+        assert "eval/step_000003/heldout.parquet" in result.artifacts
     assert sorted(_history(cfg, result.run_id, "loss")) == [1, 2, 3]
     for key in ("reward_mean", "reward/mean_all", "reward/task", "reward/format", "groups_kept", "reward_std",
                 "accuracy", "entropy", "clip_frac", "response_len", "staleness_mean",
