@@ -134,10 +134,11 @@ def _precompute(cfg: Config, model_dir: str, tokenizer, data) -> None:
         return
     from tunefleet.paths import tunefleet_home
     from tunefleet.train.reference import precompute_reference
+    from tunefleet.train.step import autocast_bf16
 
     path = precompute_reference(data.rows, model_dir, tokenizer.pad_token_id, data.info["train"]["digest"],
                                 cfg.data.max_length, cfg.model.dtype, cfg.reference.batch_size,
-                                tunefleet_home() / "refcache", bf16=cfg.trainer.bf16)
+                                tunefleet_home() / "refcache", bf16=autocast_bf16(cfg.trainer.bf16, "cpu"))
     print(f"[reference] log-probs cached at {path}", flush=True)
 
 

@@ -21,7 +21,7 @@ from tunefleet.train.eval_hook import EvalHook
 from tunefleet.train.progress import StatusLine
 from tunefleet.train.schedule import lr_factor
 from tunefleet.train.sources import make_source
-from tunefleet.train.step import StepContext, train_step
+from tunefleet.train.step import StepContext, autocast_bf16, train_step
 
 
 def pick_device(kind: str) -> torch.device:
@@ -56,12 +56,13 @@ def _setup(cfg: Config, model_dir: str, rank: int, world: int) -> StepContext:
         optimizer, lambda s: lr_factor(s, t.max_steps, t.warmup_steps, t.lr_schedule, t.min_lr_ratio)
     )
     reference = None
+    bf16 = autocast_bf16(t.bf16, device.type)
     if cfg.reference_mode == "live":
         from tunefleet.train.reference import live_reference
 
-        reference = live_reference(model_dir, policy, device, world, cfg.model.dtype, t.bf16)
+        reference = live_reference(model_dir, policy, device, world, cfg.model.dtype, bf16)
     return StepContext(policy, optimizer, scheduler, get_loss(algo.type), algo, device, world,
-                       t.max_grad_norm, t.bf16, reference)
+                       t.max_grad_norm, bf16, reference)
 
 
 class _Reporter:

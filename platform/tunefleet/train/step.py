@@ -47,6 +47,24 @@ def count_targets(batch: dict) -> int:
     return int((main["labels"] != IGNORE).sum())
 
 
+_BF16_NOTED: set[str] = set()
+
+
+def autocast_bf16(requested: bool, device_type: str) -> bool:
+    """Whether `trainer.bf16` autocast really runs. A CPU without native bf16 (no AVX512-BF16
+    or AMX, e.g. AVX2 only) emulates it: measured on the 2-core AVX2 machine, the demo's LoRA
+    step of SmolLM2-135M took 171 s in bf16 autocast. There it is fp32, said once per process."""
+    if not requested or device_type != "cpu":
+        return requested
+    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
+        getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    if not native and "cpu" not in _BF16_NOTED:
+        _BF16_NOTED.add("cpu")
+        print(f"[train] trainer.bf16: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bf16; "
+              "running fp32 instead (emulated bf16 is many times slower)", flush=True)
+    return native
+
+
 def run_model(module, seqs: dict[str, torch.Tensor], device: torch.device, bf16: bool, **kw):
     """Run a TokenLogpModel / ValueModel on collated sequences: logps [B, T], or values [B]
     (`entropy=True`: a TokenLogpModel returns (logps, entropies [B, T]))."""
