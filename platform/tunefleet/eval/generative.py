@@ -68,7 +68,16 @@ def generate(pool, tokenizer, prompts: list[str], max_new_tokens: int, seed: int
     from tunefleet.rollout.samples import Sampling
 
     sampling = Sampling(n=1, temperature=temperature, max_tokens=max_new_tokens, seed=seed)
-    rollouts = ray.get(pool.generate.remote(_prompt_ids(tokenizer, prompts), sampling))
+    ref = pool.generate.remote(_prompt_ids(tokenizer, prompts), sampling)
+    # One request for the whole suite (the engines batch it as they like); say it is alive.
+    t0, done = time.monotonic(), []
+    while not done:
+        done, _ = ray.wait([ref], timeout=30.0)
+        if not done:
+            print(f"[eval] generating {len(prompts)} completions: {time.monotonic() - t0:.0f} s so far", flush=True)
+    rollouts = ray.get(ref)
+    took = time.monotonic() - t0
+    print(f"[eval] {len(prompts)} completions in {took:.0f} s ({len(prompts) / max(took, 1e-9):.2f}/s)", flush=True)
     return [r.samples[0].text for r in rollouts]
 
 

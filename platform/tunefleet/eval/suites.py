@@ -7,7 +7,7 @@ Suite specs on the command line:
   reverse, reverse:2             the same for `reverse`
   gsm8k:PATH                     GSM8K rows {"question", "answer": "... #### N"}: generative exact match
   mc:PATH                        {"question", "choices": [str, ...], "answer": index}: log-likelihood MC
-  ppl:PATH                       {"text"} or {"messages": [...]} rows: perplexity on raw text
+  ppl:PATH                       {"text"}, {"messages": [...]} or {"question", "answer"} rows: perplexity
 
 A missing column, a choice index out of range or an empty file is a DataError `file:line: reason`.
 Pure Python: no torch, ray or vllm.
@@ -130,10 +130,13 @@ def mc_problem(row: dict) -> str | None:
 
 
 def ppl_text(row: dict) -> str:
-    """The raw text of a perplexity row: `text`, or chat messages' contents joined by newlines
-    (no chat template: the same text lm-eval's `hf` model would score)."""
+    """The raw text of a perplexity row: `text`, chat messages' contents joined by newlines, or
+    a GSM8K-style row's question and worked answer on two lines (no chat template: the same
+    text lm-eval's `hf` model would score)."""
     if "text" in row:
         return row["text"]
+    if "messages" not in row and "question" in row:
+        return f"{row['question']}\n{row['answer']}"
     return "\n".join(str(m["content"]) for m in row["messages"])
 
 
@@ -142,8 +145,10 @@ def ppl_problem(row: dict) -> str | None:
     if "text" in row:
         return _need_text(row, "text")
     msgs = row.get("messages")
+    if msgs is None and "question" in row:
+        return _need_text(row, "question") or _need_text(row, "answer")
     if msgs is None:
-        return "missing column 'text' (or 'messages')"
+        return "missing column 'text' (or 'messages', or 'question' and 'answer')"
     if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) and isinstance(m.get("content"), str)
                                                         for m in msgs):
         return "column 'messages' must be a non-empty list of {role, content} objects"

@@ -84,9 +84,13 @@ def test_gsm8k_rows(tmp_path):
 def test_ppl_text_and_chat_rows(tmp_path):
     path = _jsonl(tmp_path / "held.jsonl", [{"text": "plain text"},
                                             {"messages": [{"role": "user", "content": "hi"},
-                                                          {"role": "assistant", "content": "hello"}]}])
+                                                          {"role": "assistant", "content": "hello"}]},
+                                            {"question": "2+2?", "answer": "2+2=4\n#### 4"}])
     (suite,) = parse_suites([f"ppl:{path}"])
-    assert [e.prompt for e in suite.examples] == ["plain text", "hi\nhello"]
+    assert [e.prompt for e in suite.examples] == ["plain text", "hi\nhello", "2+2?\n2+2=4\n#### 4"]
+    half = _jsonl(tmp_path / "h.jsonl", [{"question": "q only"}])
+    with pytest.raises(DataError, match=rf"{half}:1: missing column 'answer'"):
+        parse_suites([f"ppl:{half}"])
     bad = _jsonl(tmp_path / "b.jsonl", [{"text": "ok"}, {"body": "no"}])
     with pytest.raises(DataError, match=rf"{bad}:2: missing column 'text'"):
         parse_suites([f"ppl:{bad}"])
