@@ -1,4 +1,4 @@
-"""`tunefleet run | validate | score | generate | export | models | eval | demo`.
+"""`tunefleet run | validate | score | generate | export | models | eval | merge | demo`.
 
 Config errors exit with status 2 before anything heavy is imported; the last line a run
 prints is one line of JSON: {"run_id": ..., "metrics": {...}, "artifacts": [...]}.
@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from tunefleet.cli.merge import add_merge_parser, merge_command
 from tunefleet.config import ConfigError, load_config
 from tunefleet.eval.command import add_eval_parser, eval_command
 
@@ -63,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("name", nargs="?", default=None, help="only this registered model")
     sp.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or the local store")
     add_eval_parser(sub)
+    add_merge_parser(sub)
     sp = sub.add_parser("demo", help="LoRA SFT of SmolLM2-135M-Instruct on the arith task, with eval before/after")
     sp.add_argument("overrides", nargs="*", help="dotted overrides for the demo config")
     return p
@@ -74,6 +76,26 @@ def _load(path: str | Path, overrides: list[str]):
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _is_campaign(path: str) -> bool:
+    from tunefleet.config.campaign import is_campaign_file
+
+    return Path(path).is_file() and is_campaign_file(path)
+
+
+def _validate_campaign(path: str, overrides: list[str]) -> int:
+    """Every method of the space, at every corner of its hyperparameters, is a valid run."""
+    from tunefleet.config.campaign import load_campaign
+
+    try:
+        c = load_campaign(path, overrides)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    print(f"OK: {path} (campaign {c.campaign.name}: methods {', '.join(sorted(c.space.methods))}, "
+          f"{c.campaign.num_samples} sample(s), search {c.campaign.search}, scheduler {c.campaign.scheduler.type})")
+    return 0
 
 
 def _load_resume(args):
@@ -141,6 +163,8 @@ def main(argv: list[str] | None = None, ship_package: bool = False) -> int:
         return _generate(args)
     if args.command == "eval":
         return eval_command(args)
+    if args.command == "merge":
+        return merge_command(args)
     if args.command in ("export", "models"):
         return _export_or_list(args)
     if args.command == "demo":
@@ -157,6 +181,8 @@ def main(argv: list[str] | None = None, ship_package: bool = False) -> int:
     elif args.config is None:
         print("config error: a config file (or --resume RUN_ID) is required", file=sys.stderr)
         return 2
+    if args.command == "validate" and _is_campaign(args.config):
+        return _validate_campaign(args.config, args.overrides)
     cfg = _load(args.config, args.overrides)
     if args.command == "validate":
         print(f"OK: {args.config} (algorithm.type={cfg.algorithm.type}, model.name={cfg.model.name}, "

@@ -103,7 +103,13 @@ ALIASES: dict[str, Callable[[Path], None]] = {
 
 
 def resolve_model(name: str) -> Path:
-    """Return a local HF directory for `name`: a directory with config.json or an alias."""
+    """Return a local HF directory for `name`: a directory with config.json, an alias, or a
+    registered version `models:/NAME/VERSION` (downloaded once from the default tracking store:
+    MLFLOW_TRACKING_URI or the local one; tracking/sources.py)."""
+    if name.startswith("models:/"):
+        from tunefleet.tracking.sources import registered_model_dir
+
+        return registered_model_dir(name)
     local = Path(name).expanduser()
     if local.is_dir() and (local / "config.json").is_file():
         return local
