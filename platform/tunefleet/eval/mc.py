@@ -15,6 +15,8 @@ Raw text: no chat template.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
@@ -80,15 +82,24 @@ def mc_verdict(lls: list[float], choices: tuple[str, ...], gold: int) -> dict:
     return {"pred": pred, "pred_norm": pred_norm, "acc": float(pred == gold), "acc_norm": float(pred_norm == gold)}
 
 
+def progress(label: str, done: int, total: int, t0: float, every: int = 16) -> None:
+    """A one-line status every `every` items and at the end: count, rate, ETA."""
+    if done % every and done != total:
+        return
+    rate = done / max(time.monotonic() - t0, 1e-9)
+    print(f"[{label}] {done}/{total} ({rate:.1f}/s, eta {(total - done) / max(rate, 1e-9):.0f} s)", flush=True)
+
+
 def run_mc(model, tokenizer, suite, batch_size: int = 8) -> tuple[dict, list[dict]]:
     """(metrics {acc, acc_norm, n}, per-example rows {id, input, reference, output, score, ...})."""
-    rows = []
+    rows, t0 = [], time.monotonic()
     for ex in suite.examples:
         lls = choice_logprobs(model, tokenizer, ex.prompt, ex.choices, batch_size)
         v = mc_verdict(lls, ex.choices, int(ex.reference))
         rows.append({"id": ex.id, "input": ex.prompt, "reference": ex.choices[int(ex.reference)],
                      "output": ex.choices[v["pred"]], "score": v["acc"], "acc_norm": v["acc_norm"],
                      "logprobs": [float(x) for x in lls]})
+        progress(f"eval {suite.name}", len(rows), len(suite.examples), t0)
     n = len(rows)
     metrics = {"acc": sum(r["score"] for r in rows) / n, "acc_norm": sum(r["acc_norm"] for r in rows) / n, "n": n}
     return metrics, rows

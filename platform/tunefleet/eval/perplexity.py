@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import math
 import re
+import time
 
-from tunefleet.eval.mc import prefix_token_id, score_windows
+from tunefleet.eval.mc import prefix_token_id, progress, score_windows
 
 
 def rolling_windows(tokens: list[int], prefix: int, max_length: int) -> list[tuple[list[int], list[int]]]:
@@ -60,10 +61,11 @@ def doc_loglikelihood(model, tokenizer, text: str, max_length: int, batch_size: 
 def run_ppl(model, tokenizer, suite, batch_size: int = 8, max_length: int | None = None) -> tuple[dict, list[dict]]:
     """(metrics, per-example rows {id, input, reference, output: LL as text, score: LL, tokens})."""
     max_length = max_length or model.config.max_position_embeddings
-    rows = []
+    rows, t0 = [], time.monotonic()
     for ex in suite.examples:
         ll, n = doc_loglikelihood(model, tokenizer, ex.prompt, max_length, batch_size)
         rows.append({"id": ex.id, "input": ex.prompt, "reference": "", "output": f"{ll:.6f}", "score": ll,
                      "tokens": n})
+        progress(f"eval {suite.name}", len(rows), len(suite.examples), t0)
     texts = [ex.prompt for ex in suite.examples]
     return suite_metrics([r["score"] for r in rows], texts, [r["tokens"] for r in rows]), rows
