@@ -1,4 +1,4 @@
-"""`tunefleet run | validate | score | generate | export | models | eval | merge | demo`.
+"""`tunefleet run | validate | score | generate | export | models | eval | merge | sweep | demo`.
 
 Config errors exit with status 2 before anything heavy is imported; the last line a run
 prints is one line of JSON: {"run_id": ..., "metrics": {...}, "artifacts": [...]}.
@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from tunefleet.cli.merge import add_merge_parser, merge_command
+from tunefleet.cli.sweep import add_sweep_parser, sweep_command
 from tunefleet.config import ConfigError, load_config
 from tunefleet.eval.command import add_eval_parser, eval_command
 
@@ -65,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or the local store")
     add_eval_parser(sub)
     add_merge_parser(sub)
+    add_sweep_parser(sub)
     sp = sub.add_parser("demo", help="LoRA SFT of SmolLM2-135M-Instruct on the arith task, with eval before/after")
     sp.add_argument("overrides", nargs="*", help="dotted overrides for the demo config")
     return p
@@ -165,6 +167,8 @@ def main(argv: list[str] | None = None, ship_package: bool = False) -> int:
         return eval_command(args)
     if args.command == "merge":
         return merge_command(args)
+    if args.command == "sweep":
+        return sweep_command(args, ship_package)
     if args.command in ("export", "models"):
         return _export_or_list(args)
     if args.command == "demo":

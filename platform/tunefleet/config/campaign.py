@@ -48,15 +48,19 @@ DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 @dataclass(frozen=True)
 class SchedulerConfig:
     """`asha`: stop trials whose objective trails at a rung (budget points in training tokens);
-    `pbt`: exploit/explore between trials at each rung; `fifo`: run every trial to the end."""
+    `pbt`: exploit/explore between trials at each rung; `fifo`: run every trial to the end.
+    `max_tokens`: a full trial's training target tokens (the top rung; rungs below it at
+    max_tokens / reduction_factor**k); null: rungs in steps, the top one at trainer.max_steps."""
 
     type: Literal["asha", "pbt", "fifo"] = "asha"
     reduction_factor: int = 3
     rungs: int = 3
+    max_tokens: int | None = None
 
     def validate(self, path: str) -> None:
         check(self.reduction_factor >= 2, _p(path, "reduction_factor"), self.reduction_factor, ">= 2")
         check(self.rungs >= 1, _p(path, "rungs"), self.rungs, ">= 1")
+        check(self.max_tokens is None or self.max_tokens >= 1, _p(path, "max_tokens"), self.max_tokens, ">= 1 or null")
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,9 @@ class EvalConfig:
     `before`/`after`: the task's held-out accuracy (built-in tasks) and held-out preference
     accuracy (pair methods with `data.eval_path`), on the driver, before and after training.
     `suites`: evaluated in the training loop at step 0 (when `before`), every `every_steps`
-    (0: never in between) and after the last step, logged as `eval/<suite>/<metric>`;
+    (0: never in between), each time the run's cumulative training target tokens cross a
+    multiple of `every_tokens` (0: off; budget points comparable across methods, used by
+    campaigns) and after the last step, logged as `eval/<suite>/<metric>`;
     `data.eval_path` adds the suite `heldout` (the method's loss, preference accuracy or
     reward on held-out rows). `general`: suites that should not get worse; their base-model
     scores are cached by model and data digest and each eval point logs `forgetting/<suite>`.
@@ -79,6 +81,7 @@ class EvalConfig:
     max_new_tokens: int = 32
     batch_size: int = 32
     every_steps: int = 0
+    every_tokens: int = 0
     suites: tuple[str, ...] = ()
     general: tuple[str, ...] = ()
     limit: int | None = None
@@ -89,6 +92,7 @@ class EvalConfig:
         check(self.max_new_tokens >= 1, _p(path, "max_new_tokens"), self.max_new_tokens, ">= 1")
         check(self.batch_size >= 1, _p(path, "batch_size"), self.batch_size, ">= 1")
         check(self.every_steps >= 0, _p(path, "every_steps"), self.every_steps, ">= 0 (0 = only at the ends)")
+        check(self.every_tokens >= 0, _p(path, "every_tokens"), self.every_tokens, ">= 0 (0 = off)")
         check(self.limit is None or self.limit >= 1, _p(path, "limit"), self.limit, ">= 1 or null")
         _check_specs(self.suites, _p(path, "suites"))
         _check_specs(self.general, _p(path, "general"))

@@ -55,8 +55,8 @@ def forgetting(plan: EvalPlan, base: dict, now: dict) -> dict[str, float]:
     for name in plan.general:
         if name in base and name in now:
             metric = plan.headline(name)
-            delta = now[name][metric] - base[name][metric]
-            out[f"forgetting/{name}"] = -delta if default_mode(metric) == "max" else delta
+            before, after = base[name][metric], now[name][metric]
+            out[f"forgetting/{name}"] = before - after if default_mode(metric) == "max" else after - before
     return out
 
 

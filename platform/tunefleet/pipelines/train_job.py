@@ -60,12 +60,13 @@ class _NoTracker:
         return []
 
 
-def _start_tracker(cfg: Config, name: str):
+def _start_tracker(cfg: Config, name: str, extra_tags: dict | None = None):
     if not cfg.tracking.enabled:
         return _NoTracker()
     from tunefleet.tracking import Tracker, flatten_dict
 
-    tags = {"tunefleet.run_name": name, "tunefleet.algorithm": cfg.algorithm.type, "tunefleet.model": cfg.model.name}
+    tags = {"tunefleet.run_name": name, "tunefleet.algorithm": cfg.algorithm.type, "tunefleet.model": cfg.model.name,
+            **(extra_tags or {})}
     try:
         tracker = Tracker.start(cfg.tracking.uri, cfg.tracking.experiment, name, tags=tags,
                                 resume_tag=("tunefleet.run_name", name))
@@ -185,8 +186,9 @@ def _pool_if_rl(rl: bool, cfg: Config, model_dir: str, name: str, tracker):
     return rollout_pool(cfg, model_dir, name, tracker)
 
 
-def run_train_job(cfg: Config, ship_package: bool = False) -> JobResult:
-    """Prepare data, start tracking, evaluate the base model, fit, evaluate, log, return."""
+def run_train_job(cfg: Config, ship_package: bool = False, trial=None) -> JobResult:
+    """Prepare data, start tracking, evaluate the base model, fit, evaluate, log, return.
+    `trial`: a pipelines/trial.py Trial when this job is one trial of a campaign."""
     import ray
 
     from tunefleet.cluster import init_ray
@@ -208,7 +210,7 @@ def run_train_job(cfg: Config, ship_package: bool = False) -> JobResult:
     plan = build_plan(cfg, tokenizer, model_dir, max_prompt)
     _precompute(cfg, model_dir, tokenizer, data)
     name = run_name(cfg)
-    tracker = _start_tracker(cfg, name)
+    tracker = _start_tracker(cfg, name, trial.run_tags() if trial else None)
     log_plan(tracker, plan)
     for ds_name, info in data.info.items():
         tracker.log_dataset(ds_name, info["digest"], info["rows"], info["source"])
@@ -225,6 +227,7 @@ def run_train_job(cfg: Config, ship_package: bool = False) -> JobResult:
           f"{cfg.trainer.max_steps} steps; storage {storage_path(cfg)}/{name}", flush=True)
     control = start_control(name)
     loop_config["control_name"] = control_name(name)
+    loop_config["report_evals"] = bool(trial and trial.report_evals)
     eval_dir = Path(storage_path(cfg)) / name / "eval"
     if plan is not None:
         loop_config.update(eval_ref=ray.put(plan), eval_dir=str(eval_dir))
@@ -236,7 +239,8 @@ def run_train_job(cfg: Config, ship_package: bool = False) -> JobResult:
         with _pool_if_rl(rl, cfg, model_dir, name, tracker) as extra, stop_on_sigterm(control) as stop, \
                 ray_train_env(cfg.trainer.elastic):
             loop_config.update(extra)
-            result = build_trainer(cfg, loop_config, name, storage_path(cfg)).fit()
+            callbacks = list(trial.callbacks) if trial else None
+            result = build_trainer(cfg, loop_config, name, storage_path(cfg), callbacks).fit()
     except BaseException:
         tracker.finish("FAILED")
         raise

@@ -10,6 +10,13 @@ loads them into an unsharded copy; with one worker rank 0 scores the training mo
 Rank 0 logs `eval/<suite>/<metric>` and `forgetting/<suite>` at the step through the run's
 reporter and writes `<eval_dir>/step_NNNNNN/` (metrics.json, one Parquet per suite), which
 the driver logs as artifacts and plots after the fit (pipelines/eval_steps.py).
+
+A campaign trial (`loop_config["report_evals"]`) also hands each point to Ray Tune: rank 0
+broadcasts its flat metrics plus `step`, `train_tokens` (cumulative global target tokens)
+and `final`, and every rank calls `ray.train.report` with them (Ray Train needs all ranks;
+rank 0's dict is what TuneReportCallback forwards). `eval.every_tokens` adds points each time
+`train_tokens` crosses a multiple of it: budgets comparable across methods whose steps hold
+different numbers of tokens. The token counter restarts at 0 when a run resumes.
 """
 
 from __future__ import annotations
@@ -43,6 +50,10 @@ class EvalHook:
         self.plan = ray.get(ref) if ref is not None else None
         self.eval_dir, self.model_dir = loop_config.get("eval_dir"), loop_config["model_dir"]
         self.rewards = loop_config.get("rewards")
+        self.report_evals = bool(loop_config.get("report_evals"))
+        self.every_tokens = getattr(cfg.eval, "every_tokens", 0)
+        self.next_tokens = self.every_tokens  # the next token budget point
+        self.tokens = 0
         self.state: dict = {}
         self._copy = None
         self._reward = None
@@ -52,9 +63,10 @@ class EvalHook:
     def active(self) -> bool:
         return self.plan is not None and bool(self.plan.names())
 
-    def due(self, done: int) -> bool:
+    def due(self, done: int, tokens: int = 0) -> bool:
         every = self.plan.every_steps if self.active else 0
-        return self.active and (done == self.cfg.trainer.max_steps or bool(every and done % every == 0))
+        by_tokens = bool(self.every_tokens and tokens >= self.next_tokens)
+        return self.active and (done == self.cfg.trainer.max_steps or bool(every and done % every == 0) or by_tokens)
 
     def start(self, start: int) -> None:
         """Step 0: every suite when `eval.before`, and general suites whose base score is not
@@ -70,8 +82,13 @@ class EvalHook:
             saved = read_point(self.eval_dir, 0) or {}
             self.state["base"] = {**(saved.get("base") or {}), **self.plan.base}
 
-    def after_step(self, done: int) -> None:
-        if self.due(done):
+    def after_step(self, done: int, tokens: int = 0) -> None:
+        """`tokens`: the run's global target tokens so far (the same on every rank)."""
+        due = self.due(done, tokens)
+        self.tokens = tokens
+        while self.every_tokens and self.next_tokens <= tokens:  # one point, however many multiples a step crossed
+            self.next_tokens += self.every_tokens
+        if due:
             self._point(done, self.plan.names())
 
     # ------------------------------------------------------------------ rank 0
@@ -81,6 +98,7 @@ class EvalHook:
 
         weights = gather_trainable(self.ctx.policy) if self.ctx.policy.sharded else None
         if self.rank != 0:
+            self._report(None, step)
             return
         from tunefleet.eval.points import forgetting, run_point
 
@@ -98,8 +116,23 @@ class EvalHook:
             result.metrics = {**{n: base[n] for n in self.plan.general if n in base}, **result.metrics}
         flat = {**result.flat(), **forgetting(self.plan, base, result.metrics),
                 "eval/errors": float(len(result.errors))}
-        self.reporter.metrics(flat, step=step)
+        # train_tokens only for trials: the counter restarts on resume, so a resumed run would log it wrong
+        tokens = {"train_tokens": float(self.tokens)} if self.report_evals else {}
+        self.reporter.metrics({**flat, **tokens}, step=step)
         self._write(result, flat, base if step == 0 else None)
+        self._report(flat, step)
+
+    def _report(self, flat: dict | None, step: int) -> None:
+        """Collective (campaign trials only): rank 0's point to Ray Tune, from every rank."""
+        if not self.report_evals:
+            return
+        import ray.train
+
+        from tunefleet.train.collectives import broadcast_object
+
+        mine = None if flat is None else {**flat, "step": step, "train_tokens": self.tokens,
+                                          "final": step == self.cfg.trainer.max_steps}
+        ray.train.report(broadcast_object(mine, self.rank, self.ctx.world))
 
     def _write(self, result, flat: dict, base: dict | None) -> None:
         from tunefleet.eval.runner import write_rows

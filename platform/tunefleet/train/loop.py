@@ -226,6 +226,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
               f"worker per step (global batch {t.batch_size}), from step {start}", flush=True)
     metrics: dict[str, float] = {}
     preempt = _PreemptNotice()
+    tokens = 0  # global target tokens trained (eval.every_tokens); restarts at 0 on resume
     for step in range(start, t.max_steps):
         tick = time.perf_counter()
         plan = source.plan(step)
@@ -233,6 +234,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         metrics = train_step(ctx, plan.micro_batches, plan.num_tokens, plan.num_sequences)
         metrics["update_s"] = time.perf_counter() - update_start
         done = step + 1
+        tokens += plan.num_tokens
         metrics.update(plan.metrics)
         metrics.update(source.after_step(done))
         elapsed = time.perf_counter() - tick
@@ -244,7 +246,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             status.update(done, metrics)
         if _end_of_step(ctx, cfg, done, rank, world, metrics, source, loop_config, control, preempt):
             break
-        evals.after_step(done)
+        evals.after_step(done, tokens)
         _inject_faults(t, done, start, rank, world, loop_config.get("run_id"))
     source.close()
     reporter.close()

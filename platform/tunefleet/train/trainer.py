@@ -39,10 +39,11 @@ def ray_train_env(elastic: bool):
             os.environ.pop(k, None)
 
 
-def build_trainer(cfg: Config, loop_config: dict, name: str, storage: str):
+def build_trainer(cfg: Config, loop_config: dict, name: str, storage: str, callbacks: list | None = None):
     """TorchTrainer with `trainer.num_workers` workers, a count or an elastic [min, max]
     range of which it takes only the sizes the batch divides (gloo on CPU, NCCL on GPU).
-    Rerunning with the same `name` and `storage` resumes from the newest checkpoint."""
+    Rerunning with the same `name` and `storage` resumes from the newest checkpoint.
+    `callbacks`: Ray Train UserCallbacks (a campaign trial's TuneReportCallback)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig
 
@@ -62,6 +63,7 @@ def build_trainer(cfg: Config, loop_config: dict, name: str, storage: str):
         # health check fails: give those the same retry budget as worker failures.
         failure_config=FailureConfig(max_failures=t.max_failures, controller_failure_limit=t.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+        callbacks=callbacks or None,
     )
     return SizedTorchTrainer(train_loop_per_worker, train_loop_config=loop_config, scaling_config=scaling,
                              run_config=run, torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),

@@ -1,0 +1,120 @@
+"""The pure half of `tunefleet sweep`: which trials, judged by what, stopped where.
+
+Everything here is decided before Ray starts, so a campaign that cannot run fails with a
+ConfigError naming the field. Imports neither torch nor Ray.
+
+Trials are ours, not Tune's: the conditional space (a method's own hyperparameters exist only
+when it is drawn) is sampled by config/campaign.py, and Tune only sees the index of a trial
+(`param_space = {"trial": grid_search([0, 1, ...])}`), which the trainable looks up.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from tunefleet.config import Config, ConfigError, config_from_dict
+from tunefleet.config.campaign import Campaign, grid, sample, trial_dict
+from tunefleet.config.evaluation import default_mode
+from tunefleet.config.loader import apply_overrides
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One trial: its index, method, sampled values (dotted key -> value) and run config."""
+
+    index: int
+    method: str
+    values: dict
+    config: Config
+
+    @property
+    def trial_id(self) -> str:
+        return f"t{self.index:03d}"
+
+
+@dataclass(frozen=True)
+class Rungs:
+    """ASHA's budget points. `time_attr`: what a trial's reports count its budget in
+    ("train_tokens" or "step"); rungs at grace_period * reduction_factor**k up to max_t.
+    `overrides`: what makes every trial evaluate (and report) at those points."""
+
+    time_attr: str
+    max_t: int
+    grace_period: int
+    reduction_factor: int
+    overrides: tuple[str, ...]
+
+    def milestones(self) -> list[int]:
+        out, t = [], self.grace_period
+        while t <= self.max_t:
+            out.append(t)
+            t *= self.reduction_factor
+        return out
+
+
+def draw_trials(campaign: Campaign) -> list[tuple[str, dict]]:
+    """(method, values) of every trial: `num_samples` random draws (seeded by campaign.seed),
+    or each grid point once."""
+    c = campaign.campaign
+    if c.search == "optuna":
+        raise ConfigError("campaign.search", "bad value 'optuna': not supported yet; allowed: random, grid")
+    if c.search == "grid":
+        return grid(campaign)
+    rng = random.Random(c.seed)
+    return [sample(campaign, rng) for _ in range(c.num_samples)]
+
+
+def objective(campaign: Campaign, cfg: Config) -> tuple[str, str]:
+    """(metric, "max" | "min"): campaign.objective, else the base config's eval.objective."""
+    obj = campaign.campaign.objective or cfg.eval.objective
+    if obj is None:
+        raise ConfigError("campaign.objective", "not set, and the base config has no eval.objective; "
+                          "allowed: {metric: eval/<suite>/<metric>, mode: max|min}")
+    return obj.metric, obj.mode or default_mode(obj.metric)
+
+
+def rungs(campaign: Campaign, max_steps: int) -> Rungs | None:
+    """ASHA's rungs (None for fifo; pbt is not supported yet). With `scheduler.max_tokens`
+    the budget is training tokens and trials evaluate every grace_period tokens; without it,
+    steps, the top rung at `max_steps`, and trials evaluate every grace_period steps."""
+    s = campaign.campaign.scheduler
+    if s.type == "pbt":
+        raise ConfigError("campaign.scheduler.type", "bad value 'pbt': not supported yet; allowed: asha, fifo")
+    if s.type == "fifo":
+        return None
+    attr, max_t, key = ("train_tokens", s.max_tokens, "eval.every_tokens") if s.max_tokens else \
+        ("step", max_steps, "eval.every_steps")
+    grace = max(1, max_t // s.reduction_factor ** (s.rungs - 1))
+    return Rungs(attr, max_t, grace, s.reduction_factor, (f"{key}={grace}",))
+
+
+def plan_trials(campaign: Campaign, prefix: str, tracking_uri: str | None,
+                extra: tuple[str, ...] = ()) -> list[TrialSpec]:
+    """Every trial's validated run config: the campaign's trial dict, then `extra` (the
+    rungs' eval overrides), a unique `run.name` (`<prefix>-tNNN-<method>`: never resumes an
+    older run) and the campaign's tracking URI."""
+    out = []
+    for i, (method, values) in enumerate(draw_trials(campaign)):
+        data = trial_dict(campaign, method, values)
+        more = [*extra, f"run.name={prefix}-t{i:03d}-{method}"]
+        if tracking_uri:
+            more.append(f"tracking.uri={tracking_uri}")
+        try:
+            cfg = config_from_dict(apply_overrides(data, more))
+        except ConfigError as err:
+            raise ConfigError(f"trial t{i:03d} ({method})", str(err)) from None
+        out.append(TrialSpec(i, method, dict(values), cfg))
+    return out
+
+
+def param_space(trials: list[TrialSpec]) -> dict:
+    """Tune's view of the trials: only their indices (as a grid, so each runs once)."""
+    from ray import tune
+
+    return {"trial": tune.grid_search([t.index for t in trials])}
+
+
+def short_value(v) -> str:
+    """A hyperparameter for a table: floats with 3 significant digits."""
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
