@@ -195,8 +195,12 @@ def _finish(parent, rows: list[Row], metric: str, mode: str) -> SweepResult:
 
     parent.log_text(lb.to_csv(rows, mode), "leaderboard.csv")
     parent.log_text(lb.to_markdown(rows, metric, mode), "leaderboard.md")
-    log_plot(parent, "objective_vs_tokens.png", lambda out: lb.objective_vs_tokens(rows, metric, mode, out))
-    log_plot(parent, "best_per_method.png", lambda out: lb.best_per_method_plot(rows, metric, mode, out))
+    from tunefleet.pipelines.report import pareto_plot, report_html
+
+    images = [log_plot(parent, "objective_vs_tokens.png", lambda out: lb.objective_vs_tokens(rows, metric, mode, out)),
+              log_plot(parent, "best_per_method.png", lambda out: lb.best_per_method_plot(rows, metric, mode, out)),
+              log_plot(parent, "pareto.png", lambda out: pareto_plot(rows, metric, mode, out))]
+    parent.log_text(report_html(f"campaign {parent.run_id}", rows, metric, mode, images), "report.html")
     counts = {s: sum(r.status == s for r in rows) for s in ("finished", "stopped", "failed", "not run")}
     parent.log_metrics({f"campaign/trials_{s.replace(' ', '_')}": float(n) for s, n in counts.items()}, step=0)
     result = SweepResult(parent.run_id, metric, mode, rows, [])
@@ -205,7 +209,8 @@ def _finish(parent, rows: list[Row], metric: str, mode: str) -> SweepResult:
         parent.set_tags({"tunefleet.best_run_id": result.best.run_id or "",
                          "tunefleet.best_method": result.best.method})
     print(lb.to_text(rows, metric, mode), flush=True)
-    print(f"[sweep] {', '.join(f'{n} {s}' for s, n in counts.items() if n)}; MLflow run {parent.run_id}", flush=True)
+    print(f"[sweep] {', '.join(f'{n} {s}' for s, n in counts.items() if n)}; MLflow run {parent.run_id}; "
+          f"report: {_artifact_uri(parent)}/report.html", flush=True)
     failed = [r for r in rows if r.status == "failed"]
     if failed and len(failed) == len(rows):
         parent.finish("FAILED")
@@ -213,6 +218,13 @@ def _finish(parent, rows: list[Row], metric: str, mode: str) -> SweepResult:
     parent.finish("FINISHED")
     result.artifacts = parent.list_artifacts()
     return result
+
+
+def _artifact_uri(parent) -> str:
+    try:
+        return parent.client.get_run(parent.run_id).info.artifact_uri
+    except Exception:  # noqa: BLE001 - a tracking outage must not hide the leaderboard
+        return f"runs:/{parent.run_id}"
 
 
 def _children(parent) -> dict:

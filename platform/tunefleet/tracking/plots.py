@@ -49,9 +49,9 @@ def reward_curve(tracker, out: Path, eval_metrics: dict[str, float] | None = Non
     return out
 
 
-def log_plot(tracker, name: str, draw) -> None:
-    """Draw `plots/<name>` with `draw(path) -> path | None` and log it; a plotting or
-    tracking problem only warns (a plot must never fail a finished run)."""
+def log_plot(tracker, name: str, draw) -> Path | None:
+    """Draw `plots/<name>` with `draw(path) -> path | None` and log it; returns the local PNG.
+    A plotting or tracking problem only warns (a plot must never fail a finished run)."""
     import warnings
 
     try:
@@ -60,8 +60,10 @@ def log_plot(tracker, name: str, draw) -> None:
         path = draw(folder / name)
         if path is not None:
             tracker.log_artifact(str(path), "plots")
+        return path
     except Exception as err:  # noqa: BLE001
         warnings.warn(f"could not draw plots/{name}: {err}", stacklevel=2)
+        return None
 
 
 def log_reward_curve(tracker, eval_metrics: dict[str, float] | None = None) -> None:

@@ -1,0 +1,59 @@
+"""report.html: self-contained (inline PNGs, nothing to fetch), one table row per trial, and
+the Pareto front of score against compute seconds."""
+
+import base64
+import re
+import struct
+from html.parser import HTMLParser
+
+from tunefleet.pipelines.leaderboard import Row
+from tunefleet.pipelines.report import pareto_front, pareto_plot, report_html
+
+ROWS = [Row("t0", "sft", {"trainer.lr": 1e-3}, 0.50, 100, 10.0, "finished", curve=((50, 0.3), (100, 0.5))),
+        Row("t1", "dpo", {"algorithm.beta": 0.1}, 0.70, 100, 30.0, "finished", curve=((50, 0.6), (100, 0.7))),
+        Row("t2", "dpo", {"algorithm.beta": 0.5}, 0.40, 50, 12.0, "stopped", curve=((50, 0.4),)),
+        Row("t3", "sft", {"trainer.lr": 1e-4}, None, None, 2.0, "failed", error="boom")]
+
+
+def test_pareto_front_keeps_what_nothing_beats_on_both_axes():
+    """By seconds: t0 (10 s, 0.5), t2 (12 s, 0.4), t1 (30 s, 0.7); t3 is unscored.
+    max: t0, then only t1 beats 0.5. min: t0, then t2 beats 0.5; t1 (0.7) does not."""
+    assert [r.trial_id for r in pareto_front(ROWS, "max")] == ["t0", "t1"]
+    assert [r.trial_id for r in pareto_front(ROWS, "min")] == ["t0", "t2"]
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.trials, self.images, self.external = 0, [], []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "tr" and "trial" in (a.get("class") or "").split():
+            self.trials += 1
+        if tag == "img":
+            self.images.append(a["src"])
+        for key in ("src", "href"):
+            if a.get(key) and not a[key].startswith("data:"):
+                self.external.append(a[key])
+        if tag in ("script", "link"):
+            self.external.append(tag)
+
+
+def _png_size(src: str) -> tuple[int, int]:
+    raw = base64.b64decode(src.split(",", 1)[1])
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", raw[16:24])
+
+
+def test_report_inlines_every_plot_and_lists_every_trial(tmp_path):
+    png = pareto_plot(ROWS, "eval/arith_l1/exact_match", "max", tmp_path / "pareto.png")
+    page = report_html("campaign x", ROWS, "eval/arith_l1/exact_match", "max", [png, None])
+    p = _Page()
+    p.feed(page)
+    assert p.trials == len(ROWS) and p.external == [] and len(p.images) == 1
+    w, h = _png_size(p.images[0])
+    assert w > 100 and h > 100
+    order = re.findall(r"<td>(t\d)</td>", page)
+    assert order == ["t1", "t0", "t2", "t3"]  # ranked by the objective, unscored last
+    assert "eval/arith_l1/exact_match (max)" in page
