@@ -65,6 +65,8 @@ def test_asha_campaign_runs_trials_as_child_runs_with_a_leaderboard(ray_cluster,
     arts |= {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert {"leaderboard.csv", "leaderboard.md", "plots/objective_vs_tokens.png", "plots/best_per_method.png",
             "plots/pareto.png", "report.html"} <= arts
+    cost = client.get_run(parent.info.run_id).data.metrics
+    assert 0 < cost["campaign/cpu_seconds_to_best"] <= cost["campaign/cpu_seconds_total"]
 
     local = client.download_artifacts(parent.info.run_id, "leaderboard.csv", str(tmp_path))
     board = list(csv.DictReader(io.StringIO(Path(local).read_text())))

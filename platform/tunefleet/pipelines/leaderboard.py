@@ -15,7 +15,8 @@ from pathlib import Path
 
 from tunefleet.pipelines.sweep_plan import short_value
 
-COLUMNS = ("rank", "trial", "method", "hyperparameters", "objective", "train_tokens", "seconds", "status")
+COLUMNS = ("rank", "trial", "method", "hyperparameters", "objective", "train_tokens", "seconds", "cpu_s", "gpu_s",
+           "status")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,18 @@ class Row:
     run_id: str | None = None
     curve: tuple = field(default_factory=tuple)
     error: str = ""  # a failed trial's error (its tail)
+    cpus: float = 0.0  # what the trial held: its workers (+ rollout engines), sweep_plan.trial_resources
+    gpus: float = 0.0
+    start_s: float | None = None  # wall-clock start and end (epoch seconds), for compute-to-best
+    end_s: float | None = None
+
+    @property
+    def cpu_seconds(self) -> float | None:
+        return None if self.seconds is None else self.cpus * self.seconds
+
+    @property
+    def gpu_seconds(self) -> float | None:
+        return None if self.seconds is None else self.gpus * self.seconds
 
     def hyperparameters(self) -> str:
         return " ".join(f"{k}={short_value(v)}" for k, v in sorted(self.params.items()))
@@ -68,7 +81,24 @@ def _num(v: float | None, fmt: str) -> str:
 def _cells(rank: int, row: Row, exact: bool = False) -> list[str]:
     """Table cells; `exact`: the objective at full precision (CSV is for machines)."""
     return [str(rank), row.trial_id, row.method, row.hyperparameters(), _num(row.objective, "" if exact else ".4g"),
-            _num(row.train_tokens, ".0f"), _num(row.seconds, ".1f"), row.status]
+            _num(row.train_tokens, ".0f"), _num(row.seconds, ".1f"), _num(row.cpu_seconds, ".0f"),
+            _num(row.gpu_seconds, ".0f"), row.status]
+
+
+def compute_to_best(rows: list[Row], mode: str) -> dict[str, float] | None:
+    """CPU- and GPU-seconds the whole campaign had spent when its best score was first
+    reached (when the best trial ended; concurrent trials count up to that moment), and in
+    all. None without a scored trial or without start/end times."""
+    scored = [r for r in ranked(rows, mode) if r.objective is not None]
+    if not scored or scored[0].end_s is None:
+        return None
+    until = scored[0].end_s
+    timed = [r for r in rows if r.start_s is not None and r.end_s is not None]
+    spent = [(r, max(0.0, min(r.end_s, until) - r.start_s)) for r in timed]
+    return {"cpu_seconds_to_best": sum(r.cpus * t for r, t in spent),
+            "gpu_seconds_to_best": sum(r.gpus * t for r, t in spent),
+            "cpu_seconds_total": sum(r.cpu_seconds or 0.0 for r in rows),
+            "gpu_seconds_total": sum(r.gpu_seconds or 0.0 for r in rows)}
 
 
 def to_csv(rows: list[Row], mode: str) -> str:

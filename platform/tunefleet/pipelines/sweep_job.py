@@ -25,7 +25,15 @@ from tunefleet.config import ConfigError
 from tunefleet.config.campaign import Campaign
 from tunefleet.pipelines import leaderboard as lb
 from tunefleet.pipelines.leaderboard import Row
-from tunefleet.pipelines.sweep_plan import Rungs, TrialSpec, objective, param_space, plan_trials, rungs
+from tunefleet.pipelines.sweep_plan import (
+    Rungs,
+    TrialSpec,
+    objective,
+    param_space,
+    plan_trials,
+    rungs,
+    trial_resources,
+)
 from tunefleet.pipelines.trial import PARENT_TAG, Trial
 
 TRIAL_CPU = 0.1  # the trial's driver only waits on its TorchTrainer (STACK.md: 0 is rejected)
@@ -204,6 +212,11 @@ def _finish(parent, rows: list[Row], metric: str, mode: str) -> SweepResult:
     counts = {s: sum(r.status == s for r in rows) for s in ("finished", "stopped", "failed", "not run")}
     parent.log_metrics({f"campaign/trials_{s.replace(' ', '_')}": float(n) for s, n in counts.items()}, step=0)
     result = SweepResult(parent.run_id, metric, mode, rows, [])
+    cost = lb.compute_to_best(rows, mode)
+    if cost is not None:  # what reaching the best score cost, against what the whole campaign cost
+        parent.log_metrics({f"campaign/{k}": v for k, v in cost.items()}, step=0)
+        print(f"[sweep] compute: {cost['cpu_seconds_total']:.0f} CPU-s in all, {cost['cpu_seconds_to_best']:.0f} "
+              f"CPU-s until the best score was first reached", flush=True)
     if result.best is not None:
         parent.log_metrics({"campaign/best_objective": result.best.objective}, step=0)
         parent.set_tags({"tunefleet.best_run_id": result.best.run_id or "",
@@ -276,10 +289,13 @@ def _settle(parent, trials: list[TrialSpec], results: dict, metric: str, stopped
         # A stopped trial's score and tokens are those it was stopped on (its workers may
         # have logged a little more before they were killed).
         m = at if status == "stopped" and at else child.data.metrics
+        cpus, gpus = trial_resources(spec.config)
+        start = child.info.start_time / 1000 if child.info.start_time else None
         rows.append(Row(spec.trial_id, spec.method, spec.values, m.get(metric), m.get("train_tokens"), seconds,
                         status, child.info.run_id, _curve(client, child.info.run_id, metric,
                                                           at if status == "stopped" else None),
-                        (error or "")[-2000:]))
+                        (error or "")[-2000:], cpus, gpus, start,
+                        start + seconds if start is not None and seconds is not None else None))
     return rows
 
 

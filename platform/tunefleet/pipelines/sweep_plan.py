@@ -118,3 +118,14 @@ def param_space(trials: list[TrialSpec]) -> dict:
 def short_value(v) -> str:
     """A hyperparameter for a table: floats with 3 significant digits."""
     return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def trial_resources(cfg) -> tuple[float, float]:
+    """(CPUs, GPUs) one trial holds: its Train workers, plus the rollout engines of online RL
+    (cost accounting: CPU-seconds = CPUs x the trial's wall time)."""
+    t = cfg.trainer
+    cpus = t.max_workers * t.cpus_per_worker
+    gpus = float(t.max_workers) if t.device == "cuda" else 0.0
+    if cfg.algorithm.BATCH == "rl":
+        cpus += cfg.rollout.num_engines * cfg.rollout.resources_per_engine
+    return float(cpus), gpus

@@ -6,8 +6,10 @@ import re
 import struct
 from html.parser import HTMLParser
 
-from tunefleet.pipelines.leaderboard import Row
+from tunefleet.config import load_config
+from tunefleet.pipelines.leaderboard import Row, compute_to_best
 from tunefleet.pipelines.report import pareto_front, pareto_plot, report_html
+from tunefleet.pipelines.sweep_plan import trial_resources
 
 ROWS = [Row("t0", "sft", {"trainer.lr": 1e-3}, 0.50, 100, 10.0, "finished", curve=((50, 0.3), (100, 0.5))),
         Row("t1", "dpo", {"algorithm.beta": 0.1}, 0.70, 100, 30.0, "finished", curve=((50, 0.6), (100, 0.7))),
@@ -57,3 +59,28 @@ def test_report_inlines_every_plot_and_lists_every_trial(tmp_path):
     order = re.findall(r"<td>(t\d)</td>", page)
     assert order == ["t1", "t0", "t2", "t3"]  # ranked by the objective, unscored last
     assert "eval/arith_l1/exact_match (max)" in page
+
+
+def test_compute_to_best_counts_what_was_spent_until_the_best_trial_ended():
+    """Sequential trials, 2 CPUs each: t0 0-10 s, t1 10-40 s (the best, 0.7), t2 40-52 s.
+    To best: 2 x (10 + 30) = 80 CPU-s; in all 2 x (10 + 30 + 12) = 104. A concurrent trial
+    t3 (1 CPU, 35-45 s) counts its 5 s before t1 ended: 85 to best, 114 in all."""
+    rows = [Row("t0", "sft", {}, 0.5, 100, 10.0, "finished", cpus=2, start_s=0, end_s=10),
+            Row("t1", "dpo", {}, 0.7, 100, 30.0, "finished", cpus=2, start_s=10, end_s=40),
+            Row("t2", "dpo", {}, 0.4, 50, 12.0, "stopped", cpus=2, start_s=40, end_s=52)]
+    assert compute_to_best(rows, "max") == {"cpu_seconds_to_best": 80.0, "gpu_seconds_to_best": 0.0,
+                                            "cpu_seconds_total": 104.0, "gpu_seconds_total": 0.0}
+    rows.append(Row("t3", "sft", {}, 0.1, 10, 10.0, "finished", cpus=1, start_s=35, end_s=45))
+    cost = compute_to_best(rows, "max")
+    assert cost["cpu_seconds_to_best"] == 85.0 and cost["cpu_seconds_total"] == 114.0
+    assert compute_to_best([Row("x", "sft", {}, None, None, 3.0, "failed")], "max") is None
+
+
+def test_trial_resources_count_workers_and_rollout_engines():
+    sft = load_config(None, ["model.name=tiny-llama", "data.task=arith", "trainer.num_workers=2",
+                             "trainer.cpus_per_worker=1.5"])
+    assert trial_resources(sft) == (3.0, 0.0)
+    grpo = load_config(None, ["model.name=tiny-llama", "data.task=arith", "algorithm.type=grpo",
+                              "trainer.batch_size=8", "algorithm.group_size=4", "rollout.num_engines=2",
+                              "rollout.resources_per_engine=1"])
+    assert trial_resources(grpo) == (grpo.trainer.cpus_per_worker + 2.0, 0.0)

@@ -102,15 +102,15 @@ def test_leaderboard_csv_and_markdown():
     rows = list(csv.DictReader(io.StringIO(lb.to_csv(_rows(), "max"))))
     assert [r["trial"] for r in rows] == ["t001", "t000", "t003", "t002"]
     assert rows[1] == {"rank": "2", "trial": "t000", "method": "sft", "hyperparameters": "trainer.lr=0.00123",
-                       "objective": "0.5", "train_tokens": "120", "seconds": "10.0", "status": "finished",
-                       "run_id": "r0"}
+                       "objective": "0.5", "train_tokens": "120", "seconds": "10.0", "cpu_s": "0", "gpu_s": "0",
+                       "status": "finished", "run_id": "r0"}
     assert rows[3]["objective"] == "" and rows[3]["status"] == "failed"
     third = lb.to_csv([lb.Row("t9", "sft", {}, 1 / 3, None, None, "finished")], "max")
     assert float(next(csv.DictReader(io.StringIO(third)))["objective"]) == 1 / 3  # CSV: full precision
     md = lb.to_markdown(_rows(), "eval/arith_l1/exact_match", "max").splitlines()
     assert md[0] == ("| rank | trial | method | hyperparameters | eval/arith_l1/exact_match (max) | train_tokens | "
-                     "seconds | status |")
-    assert md[2] == "| 1 | t001 | dpo | algorithm.beta=0.1 | 0.75 | 40 | 4.2 | stopped |"
+                     "seconds | cpu_s | gpu_s | status |")
+    assert md[2] == "| 1 | t001 | dpo | algorithm.beta=0.1 | 0.75 | 40 | 4.2 | 0 | 0 | stopped |"
     assert len(md) == 6
     text = lb.to_text(_rows(), "eval/arith_l1/exact_match", "max").splitlines()
     assert text[0].split()[:5] == ["rank", "trial", "method", "hyperparameters", "arith_l1:exact_match"]
