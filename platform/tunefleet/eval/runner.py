@@ -105,17 +105,19 @@ def _run_loglikelihood(req: EvalRequest, target, suites: list[Suite], tokenizer)
     return {s.name: run[s.kind](model, tokenizer, s, req.batch_size) for s in suites}
 
 
-def _log_suite(tracker, name: str, metrics: dict, rows: list[dict], tmp: Path) -> None:
+def log_suite(tracker, name: str, metrics: dict, rows: list[dict], tmp: Path) -> None:
+    """`eval/<name>/<metric>` at step 0 and the suite's per-example Parquet under `eval/`."""
     if tracker is None:
         return
     tracker.log_metrics({f"eval/{name}/{k}": float(v) for k, v in metrics.items()}, step=0)
     tracker.log_artifact(write_rows(name, rows, tmp / f"{name}.parquet"), "eval")
 
 
-def _log_data(tracker, suites: list[Suite], tasks) -> None:
+def log_suite_data(tracker, suites: list[Suite], tasks=(), prefix: str = "") -> None:
+    """Each suite's data (and harness task's) as an MLflow dataset input with context `eval`."""
     for s in suites:
-        source = s.path or f"tunefleet:{s.task}?split=eval&level={s.info['level']}&seed={s.info['seed']}"
-        tracker.log_dataset(s.name, s.digest, len(s.examples), source, context="eval")
+        source = s.path or f"tunefleet:{s.task}?split=eval&level={s.info.get('level')}&seed={s.info.get('seed')}"
+        tracker.log_dataset(f"{prefix}{s.name}", s.digest, len(s.examples), source, context="eval")
     for t in tasks:
         tracker.log_dataset(t.name, t.digest, t.rows, t.path, context="eval")
 
@@ -127,7 +129,7 @@ def _start_tracker(req: EvalRequest, target, suites, tasks):
     tracker.log_params({"eval.suites": ",".join(req.suites), "eval.lm_eval": ",".join(req.lm_eval),
                         "eval.limit": req.limit, "eval.seed": req.seed, "eval.max_new_tokens": req.max_new_tokens,
                         "eval.temperature": req.temperature, "eval.dtype": req.dtype})
-    _log_data(tracker, suites, tasks)
+    log_suite_data(tracker, suites, tasks)
     return tracker
 
 
@@ -143,11 +145,11 @@ def run_eval(req: EvalRequest, track: bool = True) -> EvalOutcome:
     outcome = EvalOutcome(tracker.run_id if tracker else None)
     try:
         with tempfile.TemporaryDirectory(prefix="tunefleet-eval-") as tmp:
-            results = _run_all(req, target, suites, tasks, tokenizer)
+            results = run_suites(req, target, suites, tasks, tokenizer)
             for s in [*suites, *tasks]:  # report in the order given
                 metrics, rows = results[s.name]
                 outcome.metrics[s.name], outcome.rows[s.name] = metrics, rows
-                _log_suite(tracker, s.name, metrics, rows, Path(tmp))
+                log_suite(tracker, s.name, metrics, rows, Path(tmp))
             if tracker:
                 tracker.flush()  # artifacts are read from tmp: deliver before it goes
     except BaseException:
@@ -166,7 +168,7 @@ def _run_tasks(req: EvalRequest, target, tasks) -> dict:
             for t in tasks}
 
 
-def _run_all(req: EvalRequest, target, suites: list[Suite], tasks, tokenizer) -> dict:
+def run_suites(req: EvalRequest, target, suites: list[Suite], tasks, tokenizer) -> dict:
     """suite name -> (metrics, rows): generative suites share one pool, log-likelihood ones one model."""
     results = {}
     gen = [s for s in suites if s.kind == "generative"]

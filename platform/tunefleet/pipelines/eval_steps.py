@@ -12,6 +12,7 @@ the final point had a failing suite (`eval.fail_final`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -105,16 +106,16 @@ def build_plan(cfg, tokenizer, model_dir: str, max_prompt: int | None = None):
     e = cfg.eval
     plan = EvalPlan(suites, general, heldout, _cached_base(cfg, model_dir, suites, general), None,
                     e.max_new_tokens, e.batch_size, e.every_steps, e.before, e.fail_final)
-    return EvalPlan(**{**plan.__dict__, "objective": _objective(cfg, plan)})
+    return dataclasses.replace(plan, objective=_objective(cfg, plan))
 
 
 def log_plan(tracker, plan) -> None:
     """The eval datasets as MLflow inputs with context `eval`, and the objective as tags."""
     if plan is None:
         return
-    for s in plan.suites:
-        source = s.path or f"tunefleet:{s.task}?split=eval&level={s.info.get('level')}&seed={s.info.get('seed')}"
-        tracker.log_dataset(f"eval_{s.name}", s.digest, len(s.examples), source, context="eval")
+    from tunefleet.eval.runner import log_suite_data
+
+    log_suite_data(tracker, list(plan.suites), prefix="eval_")
     if plan.heldout is not None:
         tracker.log_dataset(f"eval_{HELDOUT}", plan.heldout.digest, len(plan.heldout.rows), plan.heldout.path,
                             context="eval")

@@ -130,7 +130,7 @@ def to_text(rows: list[Row], metric: str, mode: str) -> str:
 def objective_vs_tokens(rows: list[Row], metric: str, mode: str, out: Path) -> Path | None:
     """Each trial's objective at its eval points against training tokens, coloured by method;
     a stopped trial's curve ends with an x."""
-    from tunefleet.tracking.plots import _figure, _save
+    from tunefleet.tracking.plots import _figure, _save, label_axes
 
     drawn = [r for r in rows if r.curve]
     if not drawn:
@@ -145,11 +145,7 @@ def objective_vs_tokens(rows: list[Row], metric: str, mode: str, out: Path) -> P
             ax.plot(xs[-1], ys[-1], marker="x", ms=9, color=colours[r.method])
     for m in methods:
         ax.plot([], [], color=colours[m], label=m)
-    ax.set_xlabel("training target tokens")
-    ax.set_ylabel(f"{metric} ({'lower' if mode == 'min' else 'higher'} is better)")
-    ax.set_title("campaign: objective vs tokens (x: stopped early)", fontsize=10)
-    ax.legend(loc="best", fontsize=8)
-    ax.grid(alpha=0.3)
+    label_axes(ax, "training target tokens", metric, mode, "campaign: objective vs tokens (x: stopped early)")
     return _save(plt, fig, out)
 
 

@@ -206,18 +206,18 @@ def _update_lineage(out: Path, **extra) -> None:
 
 def _evaluate(tracker, out: Path, eval_req, suites, tasks) -> dict[str, dict[str, float]]:
     """Run `tunefleet eval`'s suites (eval/runner.py) on the merged dir; log into the merge run."""
-    from tunefleet.eval.runner import _log_data, _log_suite, _run_all
+    from tunefleet.eval.runner import log_suite, log_suite_data, run_suites
     from tunefleet.eval.targets import resolve_target
     from tunefleet.models.registry import load_tokenizer
 
     target = resolve_target(str(out))
-    _log_data(tracker, suites, tasks)
+    log_suite_data(tracker, suites, tasks)
     metrics = {}
     with tempfile.TemporaryDirectory(prefix="tunefleet-merge-eval-") as tmp:
-        results = _run_all(eval_req, target, suites, tasks, load_tokenizer(out))
+        results = run_suites(eval_req, target, suites, tasks, load_tokenizer(out))
         for s in [*suites, *tasks]:
             metrics[s.name], rows = results[s.name]
-            _log_suite(tracker, s.name, metrics[s.name], rows, Path(tmp))
+            log_suite(tracker, s.name, metrics[s.name], rows, Path(tmp))
         tracker.flush()  # artifacts are read from tmp
     return metrics
 

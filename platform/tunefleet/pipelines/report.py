@@ -32,7 +32,7 @@ def pareto_front(rows: list[Row], mode: str) -> list[Row]:
 
 def pareto_plot(rows: list[Row], metric: str, mode: str, out: Path) -> Path | None:
     """Score against compute seconds per trial, coloured by method, the Pareto front joined."""
-    from tunefleet.tracking.plots import _figure, _save
+    from tunefleet.tracking.plots import _figure, _save, label_axes
 
     pts = [r for r in rows if r.objective is not None and r.seconds is not None]
     if not pts:
@@ -45,11 +45,7 @@ def pareto_plot(rows: list[Row], metric: str, mode: str, out: Path) -> Path | No
                    label=m, s=30)
     front = pareto_front(rows, mode)
     ax.plot([r.seconds for r in front], [r.objective for r in front], "k--", lw=1, label="Pareto front")
-    ax.set_xlabel("compute seconds per trial (wall time)")
-    ax.set_ylabel(f"{metric} ({'lower' if mode == 'min' else 'higher'} is better)")
-    ax.set_title("campaign: score vs compute", fontsize=10)
-    ax.legend(loc="best", fontsize=8)
-    ax.grid(alpha=0.3)
+    label_axes(ax, "compute seconds per trial (wall time)", metric, mode, "campaign: score vs compute")
     return _save(plt, fig, out)
 
 

@@ -86,6 +86,16 @@ def _figure(n: int):
     return plt, fig, list(axes[0])
 
 
+def label_axes(ax, xlabel: str, metric: str, mode: str | None, title: str) -> None:
+    """The one axis style of every curve plot: labels (the metric's direction when `mode`
+    is given), a small title, legend and grid."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(metric if mode is None else f"{metric} ({'lower' if mode == 'min' else 'higher'} is better)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="best", fontsize=8)
+    ax.grid(alpha=0.3)
+
+
 def _save(plt, fig, out: Path) -> Path:
     fig.tight_layout()
     fig.savefig(out, dpi=100)
@@ -106,11 +116,7 @@ def forgetting_curves(plan, points: list[dict], out: Path) -> Path | None:
         ax.plot(steps, values, marker="o", label="fine-tuned")
         if steps and steps[0] == 0:
             ax.axhline(values[0], ls="--", color="grey", label=f"base = {values[0]:.4g}")
-        ax.set_title(f"forgetting check: {suite}", fontsize=10)
-        ax.set_xlabel("training step")
-        ax.set_ylabel(f"{metric} ({'lower' if default_mode(metric) == 'min' else 'higher'} is better)")
-        ax.legend(loc="best", fontsize=8)
-        ax.grid(alpha=0.3)
+        label_axes(ax, "training step", metric, default_mode(metric), f"forgetting check: {suite}")
     return _save(plt, fig, out)
 
 
@@ -126,9 +132,5 @@ def eval_curves(plan, points: list[dict], out: Path) -> Path | None:
     for ax, (metric, suites) in zip(axes, by_metric.items()):
         for suite in suites:
             ax.plot(*_series(points, suite, metric), marker="o", label=suite)
-        ax.set_xlabel("training step")
-        ax.set_ylabel(metric)
-        ax.set_title(f"eval: {metric}", fontsize=10)
-        ax.legend(loc="best", fontsize=8)
-        ax.grid(alpha=0.3)
+        label_axes(ax, "training step", metric, None, f"eval: {metric}")
     return _save(plt, fig, out)
