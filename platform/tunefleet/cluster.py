@@ -85,6 +85,11 @@ def init_ray(ship_package: bool = False, dashboard: bool = True, num_cpus: int |
     return ray
 
 
+def started_locally() -> bool:
+    """Whether this process started the Ray cluster it is connected to (it cannot grow)."""
+    return _STARTED_ADDRESS is not None
+
+
 def shutdown_ray() -> None:
     """ray.shutdown(), and forget the RAY_ADDRESS of a local cluster this process started,
     so that subprocesses started afterwards do not dial the dead cluster."""

@@ -16,6 +16,7 @@ from tunefleet.config import ConfigError, load_config
 from tunefleet.eval.command import add_eval_parser, eval_command
 
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
+DEMO_CAMPAIGN = Path(__file__).with_name("demo_campaign.yaml")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,8 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     add_merge_parser(sub)
     add_sweep_parser(sub)
-    sp = sub.add_parser("demo", help="LoRA SFT of SmolLM2-135M-Instruct on the arith task, with eval before/after")
-    sp.add_argument("overrides", nargs="*", help="dotted overrides for the demo config")
+    sp = sub.add_parser("demo", help="LoRA SFT of SmolLM2-135M-Instruct on the arith task, with eval before/after; "
+                        "--campaign: LoRA-SFT vs DPO vs GRPO on it under ASHA")
+    sp.add_argument("overrides", nargs="*", help="dotted overrides (with --campaign: campaign.x / space.x, or for "
+                    "every trial)")
+    sp.add_argument("--campaign", action="store_true", help="the method campaign (cli/demo_campaign.yaml)")
+    sp.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or the local store")
     return p
 
 
@@ -89,14 +94,17 @@ def _is_campaign(path: str) -> bool:
 def _validate_campaign(path: str, overrides: list[str]) -> int:
     """Every method of the space, at every corner of its hyperparameters, is a valid run."""
     from tunefleet.config.campaign import load_campaign
+    from tunefleet.pipelines.sweep_job import plan
 
     try:
         c = load_campaign(path, overrides)
+        trials = plan(c, c.campaign.name, None)[0]  # the trials as `tunefleet sweep` would start them
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    count = c.campaign.num_samples if c.campaign.search == "optuna" else len(trials)
     print(f"OK: {path} (campaign {c.campaign.name}: methods {', '.join(sorted(c.space.methods))}, "
-          f"{c.campaign.num_samples} sample(s), search {c.campaign.search}, scheduler {c.campaign.scheduler.type})")
+          f"{count} trial(s), search {c.campaign.search}, scheduler {c.campaign.scheduler.type})")
     return 0
 
 
@@ -171,6 +179,9 @@ def main(argv: list[str] | None = None, ship_package: bool = False) -> int:
         return sweep_command(args, ship_package)
     if args.command in ("export", "models"):
         return _export_or_list(args)
+    if args.command == "demo" and args.campaign:
+        args.campaign, args.resume = str(DEMO_CAMPAIGN), None
+        return sweep_command(args, ship_package)
     if args.command == "demo":
         return _run(_load(DEMO_CONFIG, args.overrides), ship_package)
     if args.command == "run" and args.resume:

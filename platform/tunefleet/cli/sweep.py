@@ -12,15 +12,19 @@ methods and hyperparameters, each a real training run on Ray Train, scheduled by
 (ASHA stops trials that trail at its rungs). Overrides `campaign.x=...`/`space.x=...` change
 the campaign; any other (`model.name=tiny-llama`) goes to every trial. MLflow: one parent
 run with the leaderboard and plots, one child run per trial."""
-EXAMPLE = """example:
-  tunefleet sweep jobs/campaigns/methods.yaml campaign.num_samples=4 model.name=tiny-llama"""
+EXAMPLE = """examples:
+  tunefleet sweep jobs/campaigns/methods.yaml campaign.num_samples=4 model.name=tiny-llama
+  tunefleet sweep --resume methods-20261203-101500"""
 
 
 def add_sweep_parser(sub) -> None:
     """The `sweep` subcommand's parser, under `sub` (the CLI's subparsers)."""
     sp = sub.add_parser("sweep", help="run a campaign: method/hyperparameter trials on Ray Tune, leaderboard in MLflow",
                         description=DESCRIPTION, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sp.add_argument("campaign", help="campaign YAML file (top-level campaign: and space:)")
+    sp.add_argument("campaign", nargs="?", help="campaign YAML file (top-level campaign: and space:)")
+    sp.add_argument("--resume", metavar="NAME", default=None,
+                    help="continue campaign NAME (printed as `[sweep] campaign NAME: ...`) after its driver died: "
+                    "finished trials are kept, unfinished ones continue from their checkpoints")
     sp.add_argument("overrides", nargs="*", help="campaign.x=... / space.x=... or run-config overrides for every trial")
     sp.add_argument("--tracking-uri", default=None, help="default: the base config's tracking.uri, "
                     "MLFLOW_TRACKING_URI or the local store")
@@ -33,8 +37,13 @@ def sweep_command(args, ship_package: bool = False) -> int:
     from tunefleet.pipelines.sweep_job import run_sweep
 
     try:
-        campaign = load_campaign(args.campaign, args.overrides)
-        result = run_sweep(campaign, args.tracking_uri, ship_package=ship_package)
+        if args.resume and (args.campaign or args.overrides):
+            raise ConfigError("--resume", "takes only the campaign NAME: a resumed campaign runs the trials it "
+                              "planned (no campaign file, no overrides)")
+        if not args.resume and not args.campaign:
+            raise ConfigError("campaign", "missing; allowed: a campaign YAML file, or --resume NAME")
+        campaign = None if args.resume else load_campaign(args.campaign, args.overrides)
+        result = run_sweep(campaign, args.tracking_uri, ship_package=ship_package, resume=args.resume)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2

@@ -79,8 +79,13 @@ class BudgetConfig:
 
 @dataclass(frozen=True)
 class TrialResources:
+    """What each trial's Train workers get together, split evenly between them
+    (`trainer.cpus_per_worker = cpus / workers`; gpus: one per worker, `trainer.device=cuda`).
+    An RL trial's rollout engines come on top (`rollout.resources_per_engine`). Unset: each
+    trial's own trainer config decides."""
+
     cpus: float = 2.0
-    gpus: float = 0.0
+    gpus: int = 0
 
     def validate(self, path: str) -> None:
         check(self.cpus > 0, _p(path, "cpus"), self.cpus, "> 0")
@@ -98,7 +103,7 @@ class CampaignSection:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     objective: ObjectiveConfig | None = None
     budget: BudgetConfig = field(default_factory=BudgetConfig)
-    resources: TrialResources = field(default_factory=TrialResources)
+    resources: TrialResources | None = None
 
     def validate(self, path: str) -> None:
         ok = bool(self.name) and all(c.isalnum() or c in "-_." for c in self.name)
@@ -252,10 +257,28 @@ def load_campaign(path: str | Path, overrides: typing.Sequence[str] = ()) -> Cam
         raw["methods"] = {m: _flatten(p) if isinstance(p, dict) else p for m, p in raw["methods"].items()}
     space = build(Space, raw, "space")
     base = read_yaml_file((path.parent / section.base).resolve()) if section.base else {}
-    campaign = Campaign(section, space, apply_overrides(base, section.overrides))
-    _check_methods(space)
+    return _checked(Campaign(section, space, apply_overrides(base, section.overrides)))
+
+
+def _checked(campaign: Campaign) -> Campaign:
+    _check_methods(campaign.space)
     _check_trials(campaign)
     return campaign
+
+
+def campaign_to_dict(campaign: Campaign) -> dict:
+    """Everything the campaign's trials are planned from, resolved (the base file read, its
+    overrides applied): what `tunefleet sweep --resume` plans the same trials from again."""
+    return {"campaign": dataclasses.asdict(campaign.campaign),
+            "space": {"common": campaign.space.common, "methods": campaign.space.methods},
+            "base_config": campaign.base_config}
+
+
+def campaign_from_dict(data: dict) -> Campaign:
+    """The inverse of campaign_to_dict, validated again (the code may have changed since)."""
+    section = build(CampaignSection, data.get("campaign"), "campaign")
+    space = build(Space, data.get("space"), "space")
+    return _checked(Campaign(section, space, dict(data.get("base_config") or {})))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -85,11 +85,17 @@ def _cells(rank: int, row: Row, exact: bool = False) -> list[str]:
             _num(row.gpu_seconds, ".0f"), row.status]
 
 
-def compute_to_best(rows: list[Row], mode: str) -> dict[str, float] | None:
+def compute_to_best(rows: list[Row], mode: str, target: float | None = None) -> dict[str, float] | None:
     """CPU- and GPU-seconds the whole campaign had spent when its best score was first
     reached (when the best trial ended; concurrent trials count up to that moment), and in
-    all. None without a scored trial or without start/end times."""
+    all. `target`: a score to reach instead of the campaign's own best (another campaign's,
+    bench/campaign.py): the first trial to end at least that good. None without such a
+    trial or without start/end times."""
     scored = [r for r in ranked(rows, mode) if r.objective is not None]
+    if target is not None:
+        good = [r for r in scored if r.end_s is not None and (r.objective >= target if mode == "max"
+                                                              else r.objective <= target)]
+        scored = sorted(good, key=lambda r: r.end_s)
     if not scored or scored[0].end_s is None:
         return None
     until = scored[0].end_s

@@ -9,8 +9,13 @@ own through ScalingConfig (trainer.cpus_per_worker).
 MLflow: a parent run (tag tunefleet.kind=campaign) in the base config's experiment; every
 trial a child run (tag mlflow.parentRunId, tunefleet.trial_id, tunefleet.method). After the
 fit the parent settles each child: a crashed trial's run is FAILED with tag tunefleet.error;
-a stopped one is KILLED with tunefleet.stop_reason (asha, or wall_time). The parent logs
-leaderboard.csv, leaderboard.md, plots/objective_vs_tokens.png and plots/best_per_method.png.
+a stopped one is KILLED with tunefleet.stop_reason (asha, token_budget or wall_time). The
+parent logs leaderboard.csv, leaderboard.md, plots (objective vs tokens, best per method, the
+Pareto front of score vs compute) and report.html.
+
+`--resume NAME` (sweep_state.py): the same trials are planned from the saved campaign, Tune
+restores its experiment, and trials that had ended are reported again without training (Tune's
+saved state can lag a trial that finished just before the driver died).
 """
 
 from __future__ import annotations
@@ -20,24 +25,35 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from tunefleet.config import ConfigError
-from tunefleet.config.campaign import Campaign
+from tunefleet.config.campaign import Campaign, campaign_from_dict, campaign_to_dict
 from tunefleet.pipelines import leaderboard as lb
 from tunefleet.pipelines.leaderboard import Row
 from tunefleet.pipelines.sweep_plan import (
-    Rungs,
     TrialSpec,
+    from_optuna,
     objective,
+    optuna_space,
     param_space,
     plan_trials,
     rungs,
     trial_resources,
+    trial_spec,
+)
+from tunefleet.pipelines.sweep_state import (
+    STATE_ARTIFACT,
+    STATE_TAG,
+    StopLog,
+    TokenLog,
+    load_state,
+    save_state,
+    state_dir,
 )
 from tunefleet.pipelines.trial import PARENT_TAG, Trial
 
 TRIAL_CPU = 0.1  # the trial's driver only waits on its TorchTrainer (STACK.md: 0 is rejected)
-STATUS_EVERY_S = 30.0
 ERROR_TAG_CHARS = 8000  # MLflow's tag limit (tracking/tracker.py MAX_TAG_VAL_LENGTH)
 
 
@@ -66,81 +82,52 @@ class _Job:
     trials: tuple[TrialSpec, ...]
     campaign: str
     parent_run_id: str
+    campaign_spec: Campaign  # Optuna's trials are planned in the trainable, as they are proposed
+    prefix: str  # the campaign's NAME: trial run names are <NAME>-tNNN-<method>
+    tracking_uri: str | None
+    extra: tuple[str, ...]
+    settled: dict  # a resumed campaign's trials that had ended: index -> their last result
 
 
 def _run_trial(config: dict, job: _Job) -> None:
-    """Tune function trainable: one trial = one training job, a child run of the campaign."""
+    """Tune function trainable: one trial = one training job, a child run of the campaign.
+    A restored trial runs the same config (same run name): its training resumes from its
+    newest checkpoint, into the same child run."""
+    from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from tunefleet.pipelines.sweep_tune import index_from_dir
     from tunefleet.pipelines.train_job import run_train_job
 
-    spec = job.trials[config["trial"]]
+    index = config["trial"] if "trial" in config else index_from_dir(tune.get_context().get_trial_dir())
+    if index in job.settled:
+        # Ended before the driver died, though Tune's saved state had not caught up: not rerun.
+        tune.report({**job.settled[index], "final": True})
+        return
+    if "trial" in config:
+        spec = job.trials[index]
+    else:  # Optuna proposed it
+        method, values = from_optuna(job.campaign_spec, config)
+        spec = trial_spec(job.campaign_spec, job.prefix, job.tracking_uri, job.extra, index, method, values)
     tags = {"tunefleet.campaign": job.campaign, "tunefleet.trial_id": spec.trial_id, "tunefleet.method": spec.method,
-            "tunefleet.kind": "trial"}
+            "tunefleet.kind": "trial", "tunefleet.values": json.dumps(spec.values, sort_keys=True)}
     run_train_job(spec.config, trial=Trial((TuneReportCallback(),), job.parent_run_id, tags))
 
 
-def _scheduler(r: Rungs | None):
-    """ASHA over `r` (FIFO without). A trial's last eval point is no rung: stopping it there
-    would kill its driver while it logs the final evaluation, and it has finished anyway."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    if r is None:
-        return FIFOScheduler()
-
-    class FinalPointASHA(ASHAScheduler):
-        """Also remembers what it stopped: trial index -> the result it stopped it on (Tune
-        kills the trial's driver a moment later, while its workers may still log a step or two)."""
-
-        def on_trial_result(self, tune_controller, trial, result):
-            if result.get("final"):
-                return self.CONTINUE
-            action = super().on_trial_result(tune_controller, trial, result)
-            if action == self.STOP:
-                self.stopped[trial.config["trial"]] = dict(result)
-            return action
-
-    # stop_last_trials=False: max_t places the rungs; a trial past it still runs to its last step
-    asha = FinalPointASHA(time_attr=r.time_attr, max_t=r.max_t, grace_period=r.grace_period,
-                          reduction_factor=r.reduction_factor, stop_last_trials=False)
-    asha.stopped = {}
-    return asha
-
-
-def _status_callback(metric: str, mode: str):
-    """A one-line status every STATUS_EVERY_S: trials by state and the best score so far."""
-    from ray.tune import Callback
-
-    class StatusLine(Callback):
-        def __init__(self):
-            self.last, self.best = 0.0, None
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            v = result.get(metric)
-            if v is not None and (self.best is None or (v > self.best[0] if mode == "max" else v < self.best[0])):
-                self.best = (v, f"t{trial.config.get('trial', 0):03d}")
-
-        def on_step_end(self, iteration, trials, **info):
-            if time.monotonic() - self.last < STATUS_EVERY_S:
-                return
-            self.last = time.monotonic()
-            n = {s: sum(t.status == s for t in trials) for s in ("RUNNING", "TERMINATED", "ERROR", "PENDING")}
-            best = f"{self.best[0]:.4g} ({self.best[1]})" if self.best else "none yet"
-            print(f"[sweep] {len(trials)} trials: {n['RUNNING']} running, {n['TERMINATED']} done or stopped, "
-                  f"{n['ERROR']} failed, {n['PENDING']} pending; best {metric} {best}", flush=True)
-
-    return StatusLine()
-
-
-def _plan(campaign: Campaign, name: str, uri: str | None):
-    """Trials (with the rungs' eval overrides and the objective pinned), objective, rungs."""
+def plan(campaign: Campaign, name: str, uri: str | None):
+    """Trials (with the rungs' eval overrides and the objective pinned), objective, rungs, extra:
+    everything a campaign checks before Ray starts (`tunefleet validate CAMPAIGN` too)."""
     first = plan_trials(campaign, name, uri)
     metric, mode = objective(campaign, first[0].config)
     if not first[0].config.tracking.enabled:
         raise ConfigError("tracking.enabled", "false; a campaign records its trials in MLflow: allowed: true")
     r = rungs(campaign, max(t.config.trainer.max_steps for t in first))
-    pinned = (f"eval.objective={json.dumps({'metric': metric, 'mode': mode})}",)
-    return plan_trials(campaign, name, uri, (r.overrides if r else ()) + pinned), metric, mode, r
+    extra = (r.overrides if r else ()) + (f"eval.objective={json.dumps({'metric': metric, 'mode': mode})}",)
+    if not first[0].config.run.storage:  # resolved here: a trial's processes may see another TUNEFLEET_HOME
+        from tunefleet.pipelines.train_job import storage_path
+
+        extra += (f"run.storage={json.dumps(str(Path(storage_path(first[0].config)).resolve()))}",)
+    return plan_trials(campaign, name, uri, extra), metric, mode, r, extra
 
 
 def _start_parent(campaign: Campaign, trials, name: str, uri: str | None, metric: str, mode: str):
@@ -149,53 +136,147 @@ def _start_parent(campaign: Campaign, trials, name: str, uri: str | None, metric
     cfg = trials[0].config
     parent = Tracker.start(uri or cfg.tracking.uri, cfg.tracking.experiment, name, tags={
         "tunefleet.kind": "campaign", "tunefleet.campaign": campaign.campaign.name,
-        "tunefleet.objective_metric": metric, "tunefleet.objective_mode": mode})
+        "tunefleet.objective_metric": metric, "tunefleet.objective_mode": mode}, resume_tag=(STATE_TAG, name))
     parent.log_params(flatten_dict({"campaign": asdict(campaign.campaign),
                                     "space": {"common": campaign.space.common, "methods": campaign.space.methods}}))
-    parent.log_dict({"trials": [{"trial_id": t.trial_id, "method": t.method, "values": t.values,
-                                 "run_name": t.config.run.name} for t in trials]}, "campaign/trials.json")
+    if campaign.campaign.search != "optuna":  # Optuna's trials are known only as it proposes them
+        parent.log_dict({"trials": [{"trial_id": t.trial_id, "method": t.method, "values": t.values,
+                                     "run_name": t.config.run.name} for t in trials]}, "campaign/trials.json")
     return parent
 
 
-def run_sweep(campaign: Campaign, tracking_uri: str | None = None, ship_package: bool = False) -> SweepResult:
-    """Run every trial of `campaign` under its scheduler and budgets; log and return the leaderboard.
+def run_sweep(campaign: Campaign | None, tracking_uri: str | None = None, ship_package: bool = False,
+              resume: str | None = None) -> SweepResult:
+    """Run every trial of `campaign` under its scheduler and budgets; log and return the
+    leaderboard. `resume`: the NAME of a campaign whose driver died (`campaign` is then read
+    from its state): Tune restores it, finished trials are kept, unfinished ones continue.
     Raises ConfigError before Ray starts, SweepFailed when no trial succeeded."""
-    from ray import tune
-
     from tunefleet.cluster import init_ray
+    from tunefleet.pipelines.sweep_tune import result_index
     from tunefleet.pipelines.train_job import storage_path
 
-    name = f"{campaign.campaign.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    trials, metric, mode, r = _plan(campaign, name, tracking_uri)
+    state = load_state(resume, tracking_uri) if resume else None
+    if state is not None:
+        campaign, name, tracking_uri = campaign_from_dict(state["campaign"]), resume, state["tracking_uri"]
+    else:
+        name = f"{campaign.campaign.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    trials, metric, mode, r, extra = plan(campaign, name, tracking_uri)
     init_ray(ship_package=ship_package)
+    _check_fits(trials)
     parent = _start_parent(campaign, trials, name, tracking_uri, metric, mode)
+    if state is None:
+        state = _save_state(campaign, parent, name, tracking_uri, str(Path(storage_path(trials[0].config)) / name))
+    path = state["experiment_path"]
     b = campaign.campaign.budget
-    where = f"rungs {r.milestones()} {r.time_attr}" if r else "no early stopping"
-    print(f"[sweep] campaign {name}: {len(trials)} trials ({', '.join(sorted({t.method for t in trials}))}), "
-          f"objective {metric} ({mode}), {campaign.campaign.scheduler.type}: {where}; "
-          f"{b.max_concurrent} at a time; MLflow run {parent.run_id}", flush=True)
+    _announce(campaign, trials, name, metric, mode, r, parent.run_id, resume)
     # A trial's checkpoint reports carry no objective; Tune's strict check would fail them.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    job = _Job(tuple(trials), campaign.campaign.name, parent.run_id)
-    scheduler = _scheduler(r)  # kept: after the fit it says which trials ASHA stopped
-    trainable = tune.with_resources(tune.with_parameters(_run_trial, job=job), {"cpu": TRIAL_CPU})
-    tuner = tune.Tuner(trainable, param_space=param_space(trials),
-                       tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler,
-                                                   max_concurrent_trials=b.max_concurrent,
-                                                   time_budget_s=b.wall_time_s),
-                       run_config=tune.RunConfig(name=name, storage_path=storage_path(trials[0].config),
-                                                 callbacks=[_status_callback(metric, mode)], verbose=1))
+    stops, tokens = StopLog(state_dir(name)), TokenLog(state_dir(name))
+    settled = _settled(parent, metric, stops) if resume else {}
+    job = _Job(tuple(trials), campaign.campaign.name, parent.run_id, campaign, name, tracking_uri, extra, settled)
     started = time.monotonic()
     try:
+        tuner = _tuner(campaign, job, r, metric, mode, path, stops, tokens, resume)
         grid = tuner.fit()
         out_of_time = b.wall_time_s is not None and time.monotonic() - started >= 0.98 * b.wall_time_s
-        results = {res.config["trial"]: res for res in grid if res.config}
-        rows = _settle(parent, trials, results, metric, getattr(scheduler, "stopped", {}),
-                       "wall_time" if out_of_time else "stopped")
+        budget_hit = b.train_tokens is not None and tokens.total() >= b.train_tokens
+        results = {i: res for res in grid if (i := result_index(res)) is not None}
+        if campaign.campaign.search == "optuna":
+            trials = _proposed(job, results)
+        rows = _settle(parent, trials, results, metric, stops.load(),
+                       "token_budget" if budget_hit else "wall_time" if out_of_time else "stopped")
     except BaseException:
         parent.finish("FAILED")
         raise
     return _finish(parent, rows, metric, mode)
+
+
+def _save_state(campaign: Campaign, parent, name: str, tracking_uri: str | None, path: str) -> dict:
+    """What `--resume NAME` needs, on this machine and in the parent run (sweep_state.py)."""
+    state = {"name": name, "tracking_uri": tracking_uri, "parent_run_id": parent.run_id, "experiment_path": path,
+             "campaign": campaign_to_dict(campaign)}
+    parent.log_text(json.dumps(state, indent=1, sort_keys=True), STATE_ARTIFACT)
+    save_state(name, state)
+    return state
+
+
+def _announce(campaign: Campaign, trials, name: str, metric: str, mode: str, r, run_id: str, resume) -> None:
+    c = campaign.campaign
+    where = f"rungs {r.milestones()} {r.time_attr}" if r else "no early stopping"
+    count = c.num_samples if c.search == "optuna" else len(trials)
+    methods = ", ".join(sorted({t.method for t in trials}))
+    print(f"[sweep] campaign {name}: {count} trials ({methods}), objective {metric} ({mode}), "
+          f"{c.scheduler.type}: {where}; {c.budget.max_concurrent} at a time; MLflow run {run_id}"
+          f"{'; resumed' if resume else ''}", flush=True)
+
+
+def _settled(parent, metric: str, stops: StopLog) -> dict[int, dict]:
+    """Trials of a resumed campaign that had ended when its driver died: finished (their child
+    run FINISHED) or stopped by the scheduler (the StopLog). Index -> the result to report."""
+    out = {i: {k: v for k, v in r.items() if k != "reason"} for i, r in stops.load().items()}
+    for trial_id, child in _children(parent).items():
+        if trial_id and child.info.status == "FINISHED":
+            m = child.data.metrics
+            out[int(trial_id[1:])] = {k: m[k] for k in (metric, "train_tokens", "step") if k in m}
+    return out
+
+
+def _check_fits(trials: list[TrialSpec]) -> None:
+    """A trial that needs more CPUs than the cluster has would wait forever: on a cluster we
+    started, fail now (naming the trial); on a given one (it may autoscale), say so."""
+    import ray
+
+    from tunefleet import cluster
+
+    have = ray.cluster_resources().get("CPU", 0.0)
+    for t in trials:
+        need = TRIAL_CPU + trial_resources(t.config)[0]
+        if need <= have + 1e-9:
+            continue
+        msg = (f"trial {t.trial_id} ({t.method}) needs {need:g} CPUs (its driver {TRIAL_CPU}, Train workers and "
+               f"rollout engines), the cluster has {have:g}")
+        if cluster.started_locally():
+            raise ConfigError("campaign.resources", f"{msg}; allowed: at most {have - TRIAL_CPU:g} CPUs per trial "
+                              "(campaign.resources.cpus, rollout.resources_per_engine)")
+        print(f"[sweep] warning: {msg}: it waits until the cluster grows", flush=True)
+
+
+def _tuner(campaign: Campaign, job: _Job, r, metric: str, mode: str, path: str, stops, tokens, resume):
+    """Tune's Tuner for the campaign, or Tune's own restore of it (`resume`)."""
+    from ray import tune
+
+    from tunefleet.pipelines.sweep_tune import StatusLine, TokenBudget, optuna_search, scheduler
+
+    trainable = tune.with_resources(tune.with_parameters(_run_trial, job=job), {"cpu": TRIAL_CPU})
+    if resume:
+        if not tune.Tuner.can_restore(path):
+            raise ConfigError("--resume", f"campaign {job.prefix}: no Tune experiment state under {path}")
+        # Finished and stopped trials stay as they are; unfinished ones continue; failed ones stay failed.
+        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
+    c = campaign.campaign
+    b = c.budget
+    optuna = c.search == "optuna"
+    search = None
+    if optuna:
+        search = optuna_search(optuna_space(campaign), metric, mode, c.seed)
+    status = StatusLine(metric, mode, c.name, c.num_samples if optuna else len(job.trials), b.wall_time_s,
+                        b.train_tokens, tokens, stops)
+    return tune.Tuner(
+        trainable, param_space={} if optuna else param_space(list(job.trials)),
+        tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler(r, stops), search_alg=search,
+                                    num_samples=c.num_samples if optuna else 1,
+                                    max_concurrent_trials=b.max_concurrent, time_budget_s=b.wall_time_s),
+        run_config=tune.RunConfig(name=job.prefix, storage_path=str(Path(path).parent), callbacks=[status],
+                                  stop=TokenBudget(b.train_tokens, tokens), verbose=1))
+
+
+def _proposed(job: _Job, results: dict) -> list[TrialSpec]:
+    """The trials Optuna proposed (for the leaderboard), from their Tune configs."""
+    out = []
+    for index in sorted(results):
+        method, values = from_optuna(job.campaign_spec, results[index].config)
+        out.append(trial_spec(job.campaign_spec, job.prefix, job.tracking_uri, job.extra, index, method, values))
+    return out
 
 
 def _finish(parent, rows: list[Row], metric: str, mode: str) -> SweepResult:
@@ -258,8 +339,8 @@ def _curve(client, run_id: str, metric: str, until: dict | None) -> tuple:
 def _settle(parent, trials: list[TrialSpec], results: dict, metric: str, stopped: dict,
             other_stop: str) -> list[Row]:
     """Each trial's final state in MLflow (FAILED / KILLED children), and its leaderboard row.
-    `stopped`: trial index -> the result ASHA stopped it on; `other_stop`: the stop reason of a
-    trial Tune ended otherwise (the campaign's wall time)."""
+    `stopped`: trial index -> the result a scheduler stopped it on, with its "reason" (StopLog);
+    `other_stop`: the stop reason of a trial Tune ended otherwise (a budget)."""
     client, children, rows = parent.client, _children(parent), []
     for spec in trials:
         res, child = results.get(spec.index), children.get(spec.trial_id)
@@ -280,8 +361,11 @@ def _settle(parent, trials: list[TrialSpec], results: dict, metric: str, stopped
             status = "finished"
         else:  # Tune stopped its driver mid-run: the run never finished itself
             status = "stopped"
-            seconds = at.get("time_total_s", seconds) if at else seconds
-            client.set_tag(child.info.run_id, "tunefleet.stop_reason", "asha" if at else other_stop)
+            # Timed like a finished trial, from its run's start: until the result it was stopped on
+            # (Tune's time_total_s also counts the trial's start-up, which a finished one's does not).
+            if at and at.get("timestamp") and child.info.start_time:
+                seconds = max(0.0, at["timestamp"] - child.info.start_time / 1000)
+            client.set_tag(child.info.run_id, "tunefleet.stop_reason", at.get("reason", "asha") if at else other_stop)
             end = child.info.start_time + int(1000 * seconds) if seconds else None
             client.set_terminated(child.info.run_id, "KILLED", end_time=end)
         if status != "stopped" and child.info.end_time:

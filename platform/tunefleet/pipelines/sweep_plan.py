@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass
 
 from tunefleet.config import Config, ConfigError, config_from_dict
-from tunefleet.config.campaign import Campaign, grid, sample, trial_dict
+from tunefleet.config.campaign import Campaign, corners, grid, method_params, sample, trial_dict
 from tunefleet.config.evaluation import default_mode
 from tunefleet.config.loader import apply_overrides
 
@@ -57,8 +57,9 @@ def draw_trials(campaign: Campaign) -> list[tuple[str, dict]]:
     """(method, values) of every trial: `num_samples` random draws (seeded by campaign.seed),
     or each grid point once."""
     c = campaign.campaign
-    if c.search == "optuna":
-        raise ConfigError("campaign.search", "bad value 'optuna': not supported yet; allowed: random, grid")
+    if c.search == "optuna":  # Optuna proposes trials as it goes: these only stand for each method
+        return [(m, {k: corners(d)[0] for k, d in method_params(campaign.space, m).items()})
+                for m in sorted(campaign.space.methods)]
     if c.search == "grid":
         return grid(campaign)
     rng = random.Random(c.seed)
@@ -94,18 +95,79 @@ def plan_trials(campaign: Campaign, prefix: str, tracking_uri: str | None,
     """Every trial's validated run config: the campaign's trial dict, then `extra` (the
     rungs' eval overrides), a unique `run.name` (`<prefix>-tNNN-<method>`: never resumes an
     older run) and the campaign's tracking URI."""
-    out = []
-    for i, (method, values) in enumerate(draw_trials(campaign)):
-        data = trial_dict(campaign, method, values)
-        more = [*extra, f"run.name={prefix}-t{i:03d}-{method}"]
-        if tracking_uri:
-            more.append(f"tracking.uri={tracking_uri}")
-        try:
-            cfg = config_from_dict(apply_overrides(data, more))
-        except ConfigError as err:
-            raise ConfigError(f"trial t{i:03d} ({method})", str(err)) from None
-        out.append(TrialSpec(i, method, dict(values), cfg))
-    return out
+    return [trial_spec(campaign, prefix, tracking_uri, extra, i, method, values)
+            for i, (method, values) in enumerate(draw_trials(campaign))]
+
+
+def trial_spec(campaign: Campaign, prefix: str, tracking_uri: str | None, extra: tuple[str, ...], index: int,
+               method: str, values: dict) -> TrialSpec:
+    """Trial `index`'s validated run config (see plan_trials)."""
+    data = trial_dict(campaign, method, values)
+    more = [*extra, f"run.name={prefix}-t{index:03d}-{method}"]
+    if tracking_uri:
+        more.append(f"tracking.uri={tracking_uri}")
+    try:
+        cfg = config_from_dict(apply_overrides(data, more))
+        res = campaign.campaign.resources
+        if res is not None:  # split among the trial's workers (known only once its config is)
+            cfg = config_from_dict(apply_overrides(data, [*more, *_resource_overrides(res, cfg.trainer.max_workers)]))
+    except ConfigError as err:
+        raise ConfigError(f"trial t{index:03d} ({method})", str(err)) from None
+    return TrialSpec(index, method, dict(values), cfg)
+
+
+def _resource_overrides(res, workers: int) -> list[str]:
+    if res.gpus and res.gpus != workers:
+        raise ConfigError("campaign.resources.gpus", f"bad value {res.gpus}: a trial runs {workers} Train worker(s), "
+                          f"one GPU each; allowed: 0 or {workers}")
+    return [f"trainer.cpus_per_worker={res.cpus / workers}", *(["trainer.device=cuda"] if res.gpus else [])]
+
+
+OPTUNA_SEP = "|"  # Tune splits parameter names on "/"; a method's own keys are "<method>|<key>"
+
+
+class OptunaSpace:
+    """Optuna's define-by-run space: the method first, then only that method's parameters
+    (conditional: `dpo|algorithm.beta` exists only in DPO trials). Constants are returned.
+    A class, not a closure: Tune pickles the searcher into its experiment state."""
+
+    def __init__(self, campaign: Campaign):
+        self.campaign = campaign
+
+    def __call__(self, trial) -> dict:
+        space = self.campaign.space
+        method = trial.suggest_categorical("method", sorted(space.methods))
+        constants = {}
+        for key, dist in method_params(space, method).items():
+            name = _optuna_name(space, method, key)
+            if not isinstance(dist, dict):
+                constants[name] = dist
+                continue
+            kind, arg = next(iter(dist.items()))
+            if kind in ("choice", "grid"):
+                trial.suggest_categorical(name, arg)
+            elif kind == "randint":
+                trial.suggest_int(name, arg[0], arg[1])
+            else:
+                trial.suggest_float(name, arg[0], arg[1], log=kind == "loguniform")
+        return constants
+
+
+def optuna_space(campaign: Campaign) -> OptunaSpace:
+    return OptunaSpace(campaign)
+
+
+def _optuna_name(space, method: str, key: str) -> str:
+    return key if key in space.common else f"{method}{OPTUNA_SEP}{key}"
+
+
+def from_optuna(campaign: Campaign, config: dict) -> tuple[str, dict]:
+    """(method, dotted key -> value) of a trial Optuna proposed (its Tune config)."""
+    method = config["method"]
+    values = {}
+    for key in method_params(campaign.space, method):
+        values[key] = config[_optuna_name(campaign.space, method, key)]
+    return method, values
 
 
 def param_space(trials: list[TrialSpec]) -> dict:

@@ -2,7 +2,9 @@
 and returned as a plain dict that the driver logs to MLflow (`log_to_tracker`).
 
 Every exported name starts with `tunefleet_`; dashboards query exactly the names in
-`METRIC_NAMES`. Each carries the tag `pool` (the pool's actor name).
+`METRIC_NAMES`. Each carries the tags `pool` (the pool's actor name) and `run` (the run's
+name: a run's pool is named `<run>-rollout`, pipelines/rl_pool.py); telemetry/registry.py
+lists them with the platform's other metrics.
 """
 
 from __future__ import annotations
@@ -18,8 +20,14 @@ METRIC_NAMES = {
     "requests_retried": "tunefleet_rollout_requests_retried_total",  # their engine died
     "stale_regenerated": "tunefleet_rollout_stale_regenerated_total",  # older than max_staleness
 }
+TAG_KEYS = ("pool", "run")
 COUNTERS = ("tokens_total", "engine_restarts", "requests_retried", "stale_regenerated")
 SYNC_BUCKETS_S = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
+
+
+def run_of_pool(pool_name: str) -> str:
+    """The run a pool serves (`<run>-rollout`); a pool named otherwise is its own run."""
+    return pool_name.removesuffix("-rollout") or pool_name
 
 
 class RolloutMetrics:
@@ -27,13 +35,13 @@ class RolloutMetrics:
 
     def __init__(self, pool_name: str, export: bool = True):
         self.values: dict[str, float] = {k: 0.0 for k in METRIC_NAMES}
-        self._tags = {"pool": pool_name}
+        self._tags = {"pool": pool_name, "run": run_of_pool(pool_name)}
         self._ray = self._make_ray_metrics() if export else {}
 
     def _make_ray_metrics(self) -> dict:
         from ray.util.metrics import Counter, Gauge, Histogram
 
-        keys = ("pool",)
+        keys = TAG_KEYS
         made = {}
         for key, name in METRIC_NAMES.items():
             if key in COUNTERS:

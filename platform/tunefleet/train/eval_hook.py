@@ -22,21 +22,26 @@ different numbers of tokens. The token counter restarts at 0 when a run resumes.
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import torch
 
+from tunefleet import storage
+from tunefleet.telemetry import loop_metrics
+
 METRICS_FILE = "metrics.json"
 
 
-def point_dir(eval_dir: str | Path, step: int) -> Path:
-    return Path(eval_dir) / f"step_{step:06d}"
+def point_dir(eval_dir: str | Path, step: int) -> str:
+    """The point's directory: a local path or a URI (`eval_dir` is under `run.storage`)."""
+    return storage.join(eval_dir, f"step_{step:06d}")
 
 
 def read_point(eval_dir: str | Path, step: int) -> dict | None:
     """The metrics.json of an earlier point ({"step", "metrics", "errors", ...}), or None."""
-    path = point_dir(eval_dir, step) / METRICS_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    path = storage.join(point_dir(eval_dir, step), METRICS_FILE)
+    return json.loads(storage.read_text(path)) if storage.is_file(path) else None
 
 
 class EvalHook:
@@ -58,6 +63,7 @@ class EvalHook:
         self._copy = None
         self._reward = None
         self._tokenizer = None
+        self.gauges = loop_metrics(cfg, loop_config)  # Prometheus: the objective (telemetry/)
 
     @property
     def active(self) -> bool:
@@ -68,9 +74,13 @@ class EvalHook:
         by_tokens = bool(self.every_tokens and tokens >= self.next_tokens)
         return self.active and (done == self.cfg.trainer.max_steps or bool(every and done % every == 0) or by_tokens)
 
-    def start(self, start: int) -> None:
+    def start(self, start: int, tokens: int = 0) -> None:
         """Step 0: every suite when `eval.before`, and general suites whose base score is not
-        cached (forgetting needs it); a resumed run takes the base from its step-0 point."""
+        cached (forgetting needs it); a resumed run takes the base from its step-0 point.
+        `tokens`: the target tokens trained before `start` (a resumed run's checkpoint)."""
+        self.tokens = tokens
+        while self.every_tokens and self.next_tokens <= tokens:
+            self.next_tokens += self.every_tokens
         if not self.active:
             return
         if start == 0:
@@ -116,9 +126,12 @@ class EvalHook:
             result.metrics = {**{n: base[n] for n in self.plan.general if n in base}, **result.metrics}
         flat = {**result.flat(), **forgetting(self.plan, base, result.metrics),
                 "eval/errors": float(len(result.errors))}
-        # train_tokens only for trials: the counter restarts on resume, so a resumed run would log it wrong
+        # train_tokens only for trials (it is their budget axis)
         tokens = {"train_tokens": float(self.tokens)} if self.report_evals else {}
         self.reporter.metrics({**flat, **tokens}, step=step)
+        objective = self.plan.objective[0] if self.plan.objective else None
+        if objective in flat:
+            self.gauges.eval_objective(flat[objective], objective)
         self._write(result, flat, base if step == 0 else None)
         self._report(flat, step)
 
@@ -138,15 +151,16 @@ class EvalHook:
         from tunefleet.eval.runner import write_rows
 
         d = point_dir(self.eval_dir, result.step)
-        d.mkdir(parents=True, exist_ok=True)
-        for name, rows in result.rows.items():
-            write_rows(name, rows, d / f"{name}.parquet")
+        with tempfile.TemporaryDirectory(prefix="tunefleet-eval-") as tmp:  # Parquet locally, then to storage
+            for name, rows in result.rows.items():
+                write_rows(name, rows, Path(tmp) / f"{name}.parquet")
+            storage.upload_dir(tmp, d)
         final = result.step == self.cfg.trainer.max_steps
         record = {"step": result.step, "final": final, "metrics": result.metrics, "flat": flat,
                   "errors": result.errors, "base": base}
-        tmp = d / (METRICS_FILE + ".tmp")
-        tmp.write_text(json.dumps(record, indent=1, sort_keys=True, default=float))
-        tmp.replace(d / METRICS_FILE)  # atomic: the driver never reads half a file
+        # metrics.json last and atomic: the driver never reads half a point
+        storage.write_text_atomic(storage.join(d, METRICS_FILE), json.dumps(record, indent=1, sort_keys=True,
+                                                                             default=float))
 
     def _tok(self):
         if self._tokenizer is None:

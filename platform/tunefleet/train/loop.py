@@ -16,6 +16,7 @@ import torch
 
 from tunefleet.algorithms import get_loss
 from tunefleet.config import Config, config_from_dict
+from tunefleet.telemetry import loop_metrics
 from tunefleet.train.control import stop_requested
 from tunefleet.train.eval_hook import EvalHook
 from tunefleet.train.progress import StatusLine
@@ -201,6 +202,16 @@ def _end_of_step(ctx: StepContext, cfg: Config, done: int, rank: int, world: int
     return True
 
 
+class _Counted:
+    """The batch source as _end_of_step sees it: its state() also keeps the token count."""
+
+    def __init__(self, source, tokens: int):
+        self.source, self.tokens = source, tokens
+
+    def state(self) -> dict:
+        return {**self.source.state(), "train_tokens": self.tokens}
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     """Ray Train entry point. loop_config: config (dict), model_dir, pad_id, tracking_uri,
     run_id, control_name (the run's stop switch, train/control.py), data_ref (ObjectRef of
@@ -219,14 +230,19 @@ def train_loop_per_worker(loop_config: dict) -> None:
     source = make_source(cfg, loop_config, ctx, rank, world, reporter.tracker)
     source.start(start, saved)
     evals = EvalHook(cfg, loop_config, ctx, rank, reporter)
-    evals.start(start)
+    evals.start(start, int(saved.get("train_tokens", 0)))
     control = _control(loop_config.get("control_name"), rank)
+    gauges = loop_metrics(cfg, loop_config)  # Prometheus (telemetry/): rank 0 emits, from here
+    if rank == 0 and start > 0:  # a worker group started from a checkpoint: a restart
+        gauges.restart()
     if rank == 0:  # the global batch is fixed; accumulation follows the (possibly resized) group
         print(f"[train] {world} worker(s), {t.grad_accum_for(world)} micro-batch(es) of {t.micro_batch_size} per "
               f"worker per step (global batch {t.batch_size}), from step {start}", flush=True)
     metrics: dict[str, float] = {}
     preempt = _PreemptNotice()
-    tokens = 0  # global target tokens trained (eval.every_tokens); restarts at 0 on resume
+    # Global target tokens trained (eval.every_tokens, a campaign's budget points); a
+    # checkpoint keeps the count, so a resumed trial goes on counting where it was.
+    tokens = int(saved.get("train_tokens", 0))
     for step in range(start, t.max_steps):
         tick = time.perf_counter()
         plan = source.plan(step)
@@ -244,7 +260,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         reporter.metrics(metrics, step=done)
         if rank == 0:
             status.update(done, metrics)
-        if _end_of_step(ctx, cfg, done, rank, world, metrics, source, loop_config, control, preempt):
+            gauges.step(done, metrics)
+        if _end_of_step(ctx, cfg, done, rank, world, metrics, _Counted(source, tokens), loop_config, control,
+                        preempt):
             break
         evals.after_step(done, tokens)
         _inject_faults(t, done, start, rank, world, loop_config.get("run_id"))

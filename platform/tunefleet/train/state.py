@@ -68,17 +68,61 @@ def load_training_state(directory: Path, policy: Policy, optimizer, scheduler) -
     return state
 
 
-def newest_valid(latest: Path) -> Path | None:
+def newest_valid(latest: Path, checkpoint=None) -> Path | None:
     """`latest` if it verifies, else the newest sibling `checkpoint_*` directory that does,
-    with a warning naming what was skipped and why. None if no checkpoint verifies."""
+    with a warning naming what was skipped and why. None if no checkpoint verifies.
+
+    `latest` is the local directory of Ray Train's checkpoint. When the run's storage is
+    remote (s3://), that is a temporary download without siblings: they are listed on the
+    storage of `checkpoint` (default: the Train context's current one) and downloaded one by
+    one, into `latest` (Ray removes it with the download)."""
     import warnings
 
-    candidates = [latest] + sorted((p for p in latest.parent.glob("checkpoint_*") if p.is_dir() and p != latest),
-                                   key=lambda p: p.name, reverse=True)
-    for path in candidates:
+    for path in _candidates(latest, checkpoint):
         try:
             verify(path)
             return path
         except CheckpointError as err:
             warnings.warn(f"skipping unusable checkpoint: {err}", stacklevel=2)
     return None
+
+
+def _candidates(latest: Path, checkpoint):
+    """`latest`, then its older siblings, newest first (local paths; remote ones fetched lazily)."""
+    yield latest
+    remote = _remote_checkpoint(checkpoint)
+    if remote is None:
+        yield from sorted((p for p in latest.parent.glob("checkpoint_*") if p.is_dir() and p != latest),
+                          key=lambda p: p.name, reverse=True)
+        return
+    import os
+    import posixpath
+
+    from pyarrow import fs
+
+    filesystem, path = remote.filesystem, remote.path.rstrip("/")
+    parent, name = posixpath.split(path)
+    infos = filesystem.get_file_info(fs.FileSelector(parent, allow_not_found=True))
+    names = sorted((i.base_name for i in infos if i.type == fs.FileType.Directory
+                    and i.base_name.startswith("checkpoint_") and i.base_name != name), reverse=True)
+    for sibling in names:
+        local = latest / f".tunefleet-fallback-{os.getpid()}" / sibling  # per process: ranks share `latest`
+        local.mkdir(parents=True, exist_ok=True)
+        fs.copy_files(f"{parent}/{sibling}", str(local), source_filesystem=filesystem,
+                      destination_filesystem=fs.LocalFileSystem())
+        yield local
+
+
+def _remote_checkpoint(checkpoint):
+    """The Ray Train checkpoint when it lives on a non-local filesystem, else None."""
+    if checkpoint is None:
+        try:
+            import ray.train
+
+            checkpoint = ray.train.get_checkpoint()
+        except Exception:  # noqa: BLE001 - outside a Train worker: a plain local directory
+            return None
+    filesystem = getattr(checkpoint, "filesystem", None)
+    if filesystem is None or filesystem.type_name == "local":
+        return None
+    return checkpoint

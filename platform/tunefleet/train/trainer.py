@@ -47,6 +47,7 @@ def build_trainer(cfg: Config, loop_config: dict, name: str, storage: str, callb
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig
 
+    from tunefleet.storage import ray_storage
     from tunefleet.train.elastic import SizedTorchTrainer
     from tunefleet.train.loop import train_loop_per_worker
 
@@ -56,9 +57,13 @@ def build_trainer(cfg: Config, loop_config: dict, name: str, storage: str, callb
     scaling = ScalingConfig(num_workers=workers, use_gpu=gpu,
                             resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if gpu else {})},
                             **({"elastic_resize_monitor_interval_s": t.resize_check_s} if t.elastic else {}))
+    # An s3:// storage goes to Ray as our configured filesystem (endpoint from the env, see
+    # tunefleet/storage.py), so Ray Train and our own readers see the same objects.
+    path, filesystem = ray_storage(storage)
     run = RunConfig(
         name=name,
-        storage_path=storage,
+        storage_path=path,
+        storage_filesystem=filesystem,
         # A killed worker can surface as a controller error (ActorUnavailableError) before its
         # health check fails: give those the same retry budget as worker failures.
         failure_config=FailureConfig(max_failures=t.max_failures, controller_failure_limit=t.max_failures),

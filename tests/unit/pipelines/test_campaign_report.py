@@ -74,6 +74,11 @@ def test_compute_to_best_counts_what_was_spent_until_the_best_trial_ended():
     cost = compute_to_best(rows, "max")
     assert cost["cpu_seconds_to_best"] == 85.0 and cost["cpu_seconds_total"] == 114.0
     assert compute_to_best([Row("x", "sft", {}, None, None, 3.0, "failed")], "max") is None
+    # Another campaign's best as the target: t1 reaches 0.6 and ends first among those that do.
+    assert compute_to_best(rows, "max", target=0.6)["cpu_seconds_to_best"] == 85.0
+    assert compute_to_best(rows, "max", target=0.45)["cpu_seconds_to_best"] == 20.0  # t0 (0.5) ended at 10 s
+    assert compute_to_best(rows, "min", target=0.1)["cpu_seconds_to_best"] == 85.0 + 2 * 5 + 5  # t3 ended at 45 s
+    assert compute_to_best(rows, "max", target=0.9) is None
 
 
 def test_trial_resources_count_workers_and_rollout_engines():
@@ -84,3 +89,18 @@ def test_trial_resources_count_workers_and_rollout_engines():
                               "trainer.batch_size=8", "algorithm.group_size=4", "rollout.num_engines=2",
                               "rollout.resources_per_engine=1"])
     assert trial_resources(grpo) == (grpo.trainer.cpus_per_worker + 2.0, 0.0)
+
+
+def test_report_renders_in_headless_chromium_and_a_broken_plot_is_caught(tmp_path):
+    from report_browser import open_report
+
+    png = pareto_plot(ROWS, "eval/arith_l1/exact_match", "max", tmp_path / "pareto.png")
+    good = tmp_path / "report.html"
+    good.write_text(report_html("campaign x", ROWS, "eval/arith_l1/exact_match", "max", [png]))
+    page = open_report(good)
+    assert page.errors == [] and page.rows == len(ROWS) and page.title
+    assert len(page.images) == 1 and page.images[0][0] > 100 and page.images[0][1] > 100
+    broken = tmp_path / "broken.html"  # what the checks are for: a plot that does not decode
+    broken.write_text(good.read_text().replace("data:image/png;base64,", "data:image/png;base64,AAAA", 1))
+    page = open_report(broken)
+    assert page.images == [(0, 0)] and page.rows == len(ROWS)

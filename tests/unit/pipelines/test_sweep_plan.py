@@ -12,7 +12,16 @@ from tunefleet.cli.main import main
 from tunefleet.config import ConfigError, load_config
 from tunefleet.config.campaign import load_campaign
 from tunefleet.pipelines import leaderboard as lb
-from tunefleet.pipelines.sweep_plan import draw_trials, objective, param_space, plan_trials, rungs
+from tunefleet.pipelines.sweep_plan import (
+    draw_trials,
+    from_optuna,
+    objective,
+    optuna_space,
+    param_space,
+    plan_trials,
+    rungs,
+    trial_spec,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 METHODS, DPO_BETA = ROOT / "jobs" / "campaigns" / "methods.yaml", ROOT / "jobs" / "campaigns" / "dpo_beta.yaml"
@@ -29,11 +38,50 @@ def test_random_trials_are_seeded_and_grid_trials_are_each_point_once():
         (lr, beta) for lr in (1e-4, 5e-4) for beta in (0.01, 0.1, 0.5)}
 
 
-def test_optuna_and_pbt_say_not_supported_yet():
-    with pytest.raises(ConfigError, match="campaign.search.*optuna.*not supported yet"):
-        draw_trials(load_campaign(METHODS, [*TINY, "campaign.search=optuna"]))
+def test_pbt_says_not_supported_yet():
     with pytest.raises(ConfigError, match="campaign.scheduler.type.*pbt.*not supported yet"):
         rungs(load_campaign(METHODS, [*TINY, "campaign.scheduler.type=pbt"]), 30)
+
+
+def test_optuna_space_is_conditional_on_the_method():
+    import optuna
+
+    c = load_campaign(METHODS, [*TINY, "campaign.search=optuna"])
+    assert sorted(m for m, _ in draw_trials(c)) == ["dpo", "grpo", "sft"]  # one stand-in per method
+    define = optuna_space(c)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        constants = define(trial)
+        config = {**trial.params, **constants}
+        method, values = from_optuna(c, config)
+        seen.add(method)
+        assert ("dpo|algorithm.beta" in trial.params) == (method == "dpo")  # beta only when DPO is drawn
+        assert ("grpo|algorithm.group_size" in trial.params) == (method == "grpo")
+        assert 2.0e-4 <= values["trainer.lr"] <= 2.0e-3 and values["model.lora.r"] in (8, 16)
+        if method == "grpo":  # a constant of the method's space comes back as itself
+            assert values["algorithm.max_new_tokens"] == 8 and config["grpo|trainer.batch_size"] == 16
+        spec = trial_spec(c, "m-x", None, (), 7, method, values)
+        assert spec.config.algorithm.type == method and spec.config.run.name == f"m-x-t007-{method}"
+        assert spec.config.trainer.lr == values["trainer.lr"]
+        study.tell(trial, 0.5)
+    assert seen == {"sft", "dpo", "grpo"}
+
+
+def test_a_campaign_survives_its_state_file(tmp_path, monkeypatch):
+    import json
+
+    from tunefleet.config.campaign import campaign_from_dict, campaign_to_dict
+
+    c = load_campaign(METHODS, TINY)
+    back = campaign_from_dict(json.loads(json.dumps(campaign_to_dict(c))))
+    assert back == c and draw_trials(back) == draw_trials(c)  # --resume plans the very same trials
+    assert [t.config for t in plan_trials(back, "n", None)] == [t.config for t in plan_trials(c, "n", None)]
+    bad = campaign_to_dict(c)
+    bad["space"]["methods"]["dpo"]["betta"] = 0.1
+    with pytest.raises(ConfigError, match="space.methods.dpo.betta.*did you mean"):
+        campaign_from_dict(bad)
 
 
 def test_plan_trials_names_each_run_uniquely_and_applies_the_rung_overrides():
@@ -122,7 +170,7 @@ def test_leaderboard_plots_are_drawn(tmp_path):
     assert lb.objective_vs_tokens(_rows()[1:3], "m", "max", tmp_path / "c.png") is None  # no curves
 
 
-def test_sweep_cli_exits_2_on_a_bad_campaign(tmp_path, capsys):
+def test_sweep_cli_exits_2_on_a_bad_campaign(tmp_path, capsys, monkeypatch):
     bad = tmp_path / "bad.yaml"
     bad.write_text(textwrap.dedent("""\
         campaign: {name: x, overrides: [model.name=tiny-llama]}
@@ -130,5 +178,61 @@ def test_sweep_cli_exits_2_on_a_bad_campaign(tmp_path, capsys):
         """))
     assert main(["sweep", str(bad)]) == 2
     assert "config error: space.methods.sft.bta" in capsys.readouterr().err
-    assert main(["sweep", str(METHODS), *TINY, "campaign.search=optuna"]) == 2
-    assert "config error: campaign.search" in capsys.readouterr().err
+    assert main(["sweep", str(METHODS), *TINY, "campaign.scheduler.type=pbt"]) == 2
+    assert "config error: campaign.scheduler.type" in capsys.readouterr().err
+    assert main(["sweep", "--resume", "x", str(METHODS)]) == 2
+    assert "config error: --resume: takes only the campaign NAME" in capsys.readouterr().err
+    assert main(["sweep"]) == 2
+    assert "config error: campaign: missing" in capsys.readouterr().err
+    monkeypatch.setenv("TUNEFLEET_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
+    assert main(["sweep", "--resume", "nope-20261203"]) == 2
+    assert "config error: --resume: no campaign 'nope-20261203'" in capsys.readouterr().err
+
+
+def test_campaign_resources_are_split_between_each_trials_workers(capsys):
+    c = load_campaign(METHODS, TINY)  # resources: {cpus: 0.9, gpus: 0}
+    assert {t.config.trainer.cpus_per_worker for t in plan_trials(c, "n", None)} == {0.9}
+    two = load_campaign(METHODS, [*TINY, "trainer.num_workers=2", "trainer.batch_size=16",
+                                  "campaign.resources.cpus=2"])
+    assert {t.config.trainer.cpus_per_worker for t in plan_trials(two, "n", None)} == {1.0}
+    mine = load_campaign(METHODS, [*TINY, "campaign.resources=null", "trainer.cpus_per_worker=0.5"])
+    assert {t.config.trainer.cpus_per_worker for t in plan_trials(mine, "n", None)} == {0.5}
+    gpus = [*TINY, "trainer.num_workers=2", "trainer.batch_size=16", "campaign.resources.gpus=1"]
+    with pytest.raises(ConfigError, match="campaign.resources.gpus: bad value 1.*allowed: 0 or 2"):
+        plan_trials(load_campaign(METHODS, gpus), "n", None)
+    assert main(["validate", str(METHODS), *gpus]) == 2  # validate plans the trials too
+    assert "campaign.resources.gpus" in capsys.readouterr().err
+
+
+def test_a_trial_bigger_than_a_local_cluster_fails_before_it_waits_forever(monkeypatch, capsys):
+    import ray
+
+    from tunefleet import cluster
+    from tunefleet.pipelines import sweep_job
+
+    trials = plan_trials(load_campaign(METHODS, [*TINY, "campaign.resources.cpus=2"]), "n", None)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(cluster, "started_locally", lambda: True)
+    too_big = r"campaign.resources: trial t\d+ \(\w+\) needs [23].1 CPUs.*has 2; allowed: at most 1.9"
+    with pytest.raises(ConfigError, match=too_big):
+        sweep_job._check_fits(trials)
+    monkeypatch.setattr(cluster, "started_locally", lambda: False)  # a given cluster may grow: a warning
+    sweep_job._check_fits(trials)
+    assert "[sweep] warning: trial" in capsys.readouterr().out
+    fits = plan_trials(load_campaign(METHODS, TINY), "n", None)  # 0.9 + 0.1, GRPO 0.9 + 1 + 0.1
+    monkeypatch.setattr(cluster, "started_locally", lambda: True)
+    sweep_job._check_fits(fits)
+
+
+def test_the_demo_campaign_plans_sft_dpo_and_grpo_that_fit_two_cpus():
+    from tunefleet.cli.main import DEMO_CAMPAIGN
+
+    c = load_campaign(DEMO_CAMPAIGN)
+    trials = plan_trials(c, "demo-x", None)
+    assert sorted(t.method for t in trials) == ["dpo", "grpo", "sft", "sft"]
+    assert all(t.config.model.name == "smollm2-135m-instruct" and t.config.model.lora for t in trials)
+    from tunefleet.pipelines.sweep_job import TRIAL_CPU
+    from tunefleet.pipelines.sweep_plan import trial_resources
+
+    assert max(TRIAL_CPU + trial_resources(t.config)[0] for t in trials) <= 2.0
