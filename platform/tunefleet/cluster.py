@@ -48,8 +48,13 @@ def _own_address() -> str | None:
 
 def runtime_env(ship_package: bool = False) -> dict:
     """The job's runtime env: our settings for the workers, and the address pin hook."""
-    env_vars = {k: os.environ[k] for k in ("TUNEFLEET_HOME", "MLFLOW_TRACKING_URI", "HF_HUB_OFFLINE")
-                if k in os.environ}
+    # The object store's endpoint travels with the job (workers on every node must reach the
+    # same storage); credentials do not: a runtime env is readable in the dashboard, so they
+    # come from each node's environment (a Secret on Kubernetes) or its instance role.
+    from tunefleet.storage import ENDPOINT_VARS
+
+    forward = ("TUNEFLEET_HOME", "MLFLOW_TRACKING_URI", "HF_HUB_OFFLINE", "AWS_DEFAULT_REGION", *ENDPOINT_VARS)
+    env_vars = {k: os.environ[k] for k in forward if k in os.environ}
     # Ray Train tees print() into its logger as well, which shows every status line twice.
     env_vars["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"
     env = {"env_vars": env_vars, "worker_process_setup_hook": "tunefleet.cluster.pin_ray_address"}

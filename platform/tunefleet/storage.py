@@ -185,3 +185,38 @@ def local_dir(uri: str | os.PathLike) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix="tunefleet-storage-") as tmp:
         yield download_dir(uri, Path(tmp) / "d")
+
+
+@contextmanager
+def local_file(uri: str | os.PathLike) -> Iterator[Path]:
+    """File `uri` as a local path for the block (a remote one downloaded, same base name)."""
+    if not is_remote(uri):
+        yield Path(_local(uri))
+        return
+    with tempfile.TemporaryDirectory(prefix="tunefleet-storage-") as tmp:
+        path = Path(tmp) / Path(str(uri)).name
+        path.write_bytes(read_bytes(uri))
+        yield path
+
+
+def checkpoint_uri(checkpoint) -> str | None:
+    """A Ray Train checkpoint's location as a `run.storage`-style string: its local path, or
+    `s3://bucket/...` (Ray keeps the path inside the filesystem, without the scheme)."""
+    if checkpoint is None:
+        return None
+    filesystem = getattr(checkpoint, "filesystem", None)
+    if filesystem is None or filesystem.type_name == "local":
+        return checkpoint.path
+    return f"{filesystem.type_name}://{checkpoint.path.lstrip('/')}"
+
+
+@contextmanager
+def local_subdir(checkpoint, name: str) -> Iterator[Path | None]:
+    """Directory `name` of a Ray Train checkpoint as a local path for the block (downloaded
+    from remote storage, without the rest of the checkpoint), or None when it has none."""
+    uri = checkpoint_uri(checkpoint)
+    if uri is None or not is_dir(join(uri, name)):
+        yield None
+        return
+    with local_dir(join(uri, name)) as path:
+        yield path

@@ -125,6 +125,21 @@ def resolve_model(name: str) -> Path:
     return _build_alias(name, final)
 
 
+def node_model_dir(model_dir: str) -> str:
+    """`model_dir` as resolved by the driver, made valid on this node: on a cluster a
+    worker or engine may run on a node that does not have the driver's directory. A built-in
+    alias (the directory is named after it) is then built from code on this node, as the
+    driver did; any other model must be on storage every node mounts, or in the image."""
+    path = Path(model_dir)
+    if (path / "config.json").is_file():
+        return model_dir
+    if path.name in ALIASES:
+        return str(resolve_model(path.name))
+    raise FileNotFoundError(
+        f"model directory {model_dir} (resolved on the driver) does not exist on this node: put the model on "
+        "storage every node mounts at the same path, or in the cluster's image")
+
+
 # alias -> build version written into its marker; a cached build of another version is stale.
 BUILD_VERSIONS = {"tiny-llama": TINY_VERSION}
 

@@ -1,7 +1,7 @@
 """The driver of a training job: data, tracking, evaluation around one Ray Train fit.
 
-Only this process talks to MLflow for run-level records (params, datasets, artifacts,
-evaluation); rank 0 adds step metrics into the same run by its explicit id.
+Only this process talks to MLflow: run-level records (params, datasets, artifacts,
+evaluation) and rank 0's step metrics, which rank 0 sends here (tracking/relay.py).
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import time
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from tunefleet import storage
 from tunefleet.config import Config, dump_yaml, to_dict
+from tunefleet.tracking.relay import relay_records
 from tunefleet.train.control import control_name, start_control
 
 
@@ -222,22 +223,24 @@ def run_train_job(cfg: Config, ship_package: bool = False, trial=None) -> JobRes
     if cfg.eval.before:
         metrics.update(_evaluate(evaluator, None, "before", tracker, 0))
     loop_config = {"config": to_dict(cfg), "model_dir": model_dir, "data_ref": ray.put(data.rows),
-                   "pad_id": tokenizer.pad_token_id, "tracking_uri": tracker.uri, "run_id": tracker.run_id}
+                   "pad_id": tokenizer.pad_token_id, "run_id": tracker.run_id}
     print(f"[driver] run {name}: {len(data.rows)} training rows, {_workers(cfg)} worker(s), "
           f"{cfg.trainer.max_steps} steps; storage {storage_path(cfg)}/{name}", flush=True)
     control = start_control(name)
     loop_config["control_name"] = control_name(name)
     loop_config["report_evals"] = bool(trial and trial.report_evals)
-    eval_dir = Path(storage_path(cfg)) / name / "eval"
+    # Local paths or URIs (s3://): rank 0 writes these wherever it runs, the driver reads them.
+    run_dir = storage.join(storage_path(cfg), name)
+    eval_dir = storage.join(run_dir, "eval")
     if plan is not None:
-        loop_config.update(eval_ref=ray.put(plan), eval_dir=str(eval_dir))
-    sample_log = Path(storage_path(cfg)) / name / "sample_ids.jsonl"
+        loop_config.update(eval_ref=ray.put(plan), eval_dir=eval_dir)
+    sample_log = storage.join(run_dir, "sample_ids.jsonl")
     if cfg.trainer.log_sample_ids:
-        sample_log.parent.mkdir(parents=True, exist_ok=True)
-        loop_config["sample_log"] = str(sample_log)
+        storage.makedirs(run_dir)
+        loop_config["sample_log"] = sample_log
     try:
         with _pool_if_rl(rl, cfg, model_dir, name, tracker) as extra, stop_on_sigterm(control) as stop, \
-                ray_train_env(cfg.trainer.elastic):
+                ray_train_env(cfg.trainer.elastic), relay_records(tracker, control):
             loop_config.update(extra)
             callbacks = list(trial.callbacks) if trial else None
             result = build_trainer(cfg, loop_config, name, storage_path(cfg), callbacks).fit()
@@ -246,22 +249,24 @@ def run_train_job(cfg: Config, ship_package: bool = False, trial=None) -> JobRes
         raise
     finally:
         ray.kill(control)
-    ckpt_path = result.checkpoint.path if result.checkpoint else None
+    ckpt_path = storage.checkpoint_uri(result.checkpoint)
     metrics.update({k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))})
-    if cfg.trainer.log_sample_ids and sample_log.is_file():
-        tracker.log_artifact(str(sample_log), "data")
+    if cfg.trainer.log_sample_ids and storage.is_file(sample_log):
+        with storage.local_file(sample_log) as local:
+            tracker.log_artifact(str(local), "data")
     if stop.reason is not None:
         return _stopped(tracker, metrics, ckpt_path, stop.reason)
-    export_dir = str(Path(ckpt_path) / "export") if ckpt_path and (Path(ckpt_path) / "export").is_dir() else None
-    if cfg.eval.after and export_dir:
-        metrics.update(_evaluate(evaluator, export_dir, "after", tracker, cfg.trainer.max_steps))
-    try:
-        metrics.update(finish_eval(tracker, cfg, plan, eval_dir, model_dir))
-    except EvalFailed:
-        tracker.finish("FAILED")
-        raise
-    if export_dir:
-        tracker.log_artifact(export_dir, "adapter" if cfg.model.lora is not None else "model")
+    # On remote storage the export and the eval points are downloaded for the block.
+    with storage.local_subdir(result.checkpoint, "export") as export_dir, storage.local_dir(eval_dir) as evals:
+        if cfg.eval.after and export_dir:
+            metrics.update(_evaluate(evaluator, str(export_dir), "after", tracker, cfg.trainer.max_steps))
+        try:
+            metrics.update(finish_eval(tracker, cfg, plan, evals, model_dir))
+        except EvalFailed:
+            tracker.finish("FAILED")
+            raise
+        if export_dir:
+            tracker.log_artifact(str(export_dir), "adapter" if cfg.model.lora is not None else "model")
     if rl and cfg.tracking.enabled and tracker.run_id:
         from tunefleet.tracking.plots import log_reward_curve
 

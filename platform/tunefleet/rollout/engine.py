@@ -83,14 +83,18 @@ def engine_threads(cfg: RolloutConfig) -> int:
     return max(1, int(cfg.resources_per_engine))
 
 
-def engine_cores(cfg: RolloutConfig, index: int, ncpu: int | None = None) -> list[int] | None:
+def engine_cores(cfg: RolloutConfig, index: int, cpus: list[int] | None = None) -> list[int] | None:
     """Cores engine `index` is pinned to, or None (no pinning: GPU engines, binding off, or
-    a machine too small to give every engine its own cores)."""
-    ncpu = ncpu or os.cpu_count() or 1
+    too few usable cores to give every engine its own). `cpus`: the usable cores, default
+    this process's allowed set cut to its cgroup quota (tunefleet/cpus.py), never indices
+    from 0, which in a container or under taskset may be cores it cannot run on."""
+    from tunefleet.cpus import usable_cpus
+
+    cpus = usable_cpus() if cpus is None else cpus
     threads = engine_threads(cfg)
-    if not cfg.bind_cores or cfg.gpus_per_engine > 0 or cfg.num_engines * threads > ncpu:
+    if not cfg.bind_cores or cfg.gpus_per_engine > 0 or cfg.num_engines * threads > len(cpus):
         return None
-    return list(range(index * threads, (index + 1) * threads))
+    return cpus[index * threads:(index + 1) * threads]
 
 
 @dataclasses.dataclass
@@ -110,7 +114,9 @@ class VLLMEngine:
 
     def __init__(self, model_dir: str, cfg: RolloutConfig, index: int = 0):
         os.environ.update(engine_env(cfg))
-        self.cfg, self.index, self.model_dir = cfg, index, model_dir
+        from tunefleet.models.registry import node_model_dir
+
+        self.cfg, self.index, self.model_dir = cfg, index, node_model_dir(model_dir)  # this node's copy
         self.incarnation = uuid.uuid4().hex  # changes when Ray restarts the actor
         self.version = self.base_version = self.lora_version = 0
         self.lora = None  # the active LoRARequest

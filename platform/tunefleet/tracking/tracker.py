@@ -467,11 +467,12 @@ class Tracker:
         if new:
             self._call("log_batch", self._run_id, params=new, synchronous=True)
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Log metrics at ``step`` (one timestamp for all); non-finite values are skipped."""
+    def log_metrics(self, metrics: dict[str, float], step: int, timestamp_ms: int | None = None) -> None:
+        """Log metrics at ``step`` (one timestamp for all: ``timestamp_ms``, default now, e.g.
+        when rank 0 took them, for records relayed by the driver); non-finite values are skipped."""
         from mlflow.entities import Metric
 
-        ts = int(time.time() * 1000)
+        ts = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
         step = int(step)
         out = []
         for key, value in metrics.items():

@@ -3,6 +3,7 @@ pod) asks the workers to stop through a tiny named actor; after the current step
 write a checkpoint and return, so `tunefleet run --resume RUN_ID` continues exactly there.
 
 A named actor rather than a file: it works on multi-node clusters without shared storage.
+It also carries rank 0's MLflow records to the driver (tracking/relay.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,16 @@ class RunControl:
 
     def __init__(self):
         self._reason: str | None = None
+        self._records: list = []  # rank 0's MLflow records, until the driver takes them
+
+    def push(self, records: list) -> None:
+        """Rank 0's MLflow records (tracking/relay.py), queued for the driver."""
+        self._records.extend(records)
+
+    def take(self) -> list:
+        """Every queued record, oldest first; the queue is emptied."""
+        out, self._records = self._records, []
+        return out
 
     def request_stop(self, reason: str) -> None:
         self._reason = self._reason or reason

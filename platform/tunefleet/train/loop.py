@@ -67,14 +67,17 @@ def _setup(cfg: Config, model_dir: str, rank: int, world: int) -> StepContext:
 
 
 class _Reporter:
-    """Rank 0's side channel to MLflow (explicit run id, buffered on outages)."""
+    """Rank 0's MLflow records, relayed to the driver through the run's control actor
+    (tracking/relay.py): no worker talks to MLflow or needs the driver's disk."""
 
-    def __init__(self, uri: str | None, run_id: str | None, rank: int):
+    def __init__(self, control_name: str | None, run_id: str | None, rank: int):
         self.tracker = None
-        if rank == 0 and run_id:
-            from tunefleet.tracking import Tracker
+        if rank == 0 and run_id and control_name:
+            import ray
 
-            self.tracker = Tracker.attach(uri, run_id)
+            from tunefleet.tracking.relay import RelayTracker
+
+            self.tracker = RelayTracker(ray.get_actor(control_name), run_id)
 
     def metrics(self, metrics: dict[str, float], step: int) -> None:
         if self.tracker is not None:
@@ -121,8 +124,10 @@ def _resume(ctx: StepContext, checkpoint, rank: int) -> tuple[int, dict]:
         if path is None:
             raise RuntimeError(f"no checkpoint under {Path(d).parent} passes verification")
         state = load_training_state(path, ctx.policy, ctx.optimizer, ctx.scheduler)
+        # From remote storage the newest checkpoint is a download under a temporary name.
+        name = os.path.basename(checkpoint.path.rstrip("/")) if path == Path(d) else path.name
     if rank == 0:
-        print(f"[train] resumed from {path.name} at step {state['step']}", flush=True)
+        print(f"[train] resumed from {name} at step {state['step']}", flush=True)
     return state["step"], state
 
 
@@ -213,8 +218,8 @@ class _Counted:
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
-    """Ray Train entry point. loop_config: config (dict), model_dir, pad_id, tracking_uri,
-    run_id, control_name (the run's stop switch, train/control.py), data_ref (ObjectRef of
+    """Ray Train entry point. loop_config: config (dict), model_dir, pad_id, run_id,
+    control_name (the run's stop switch and rank 0's MLflow relay, train/control.py), data_ref (ObjectRef of
     the tokenized rows, or of RL prompt rows) and, for RL, the pool's name, config and the
     reward specs (train/rollout_source.py)."""
     import ray.train
@@ -222,11 +227,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
     cfg = config_from_dict(loop_config["config"])
     tctx = ray.train.get_context()
     rank, world = tctx.get_world_rank(), tctx.get_world_size()
+    from tunefleet.models.registry import node_model_dir
+
+    # This node's copy of the base model (not the driver's path): used for setup and the final export.
+    loop_config = {**loop_config, "model_dir": node_model_dir(loop_config["model_dir"])}
     ctx = _setup(cfg, loop_config["model_dir"], rank, world)
     start, saved = _resume(ctx, ray.train.get_checkpoint(), rank)
     t = cfg.trainer
     status = StatusLine(t.max_steps, t.status_every_s, start_step=start)
-    reporter = _Reporter(loop_config.get("tracking_uri"), loop_config.get("run_id"), rank)
+    reporter = _Reporter(loop_config.get("control_name"), loop_config.get("run_id"), rank)
     source = make_source(cfg, loop_config, ctx, rank, world, reporter.tracker)
     source.start(start, saved)
     evals = EvalHook(cfg, loop_config, ctx, rank, reporter)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from tunefleet import storage
 from tunefleet.train.order import GlobalOrder, rank_micro_batches
 from tunefleet.train.step import count_targets
 
@@ -65,8 +66,7 @@ class DatasetSource:
         t = self.trainer
         ids = self.order.batch(step, t.batch_size)
         if self.sample_log:  # evidence for exactly-once: which rows each step trained on
-            with open(self.sample_log, "a") as f:
-                f.write(json.dumps({"step": step + 1, "world": self.world, "ids": ids}) + "\n")
+            storage.append_line(self.sample_log, json.dumps({"step": step + 1, "world": self.world, "ids": ids}))
         plan = plan_rows(self.rows, ids, self.rank, self.world, t.micro_batch_size, self.batcher, self.pad_id)
         plan.metrics["epoch"] = self.order.epoch_of(step + 1, t.batch_size)
         return plan

@@ -19,7 +19,12 @@ def test_a_users_own_malloc_tunables_win(monkeypatch):
 
 def test_engines_get_their_own_cores_only_when_there_are_enough():
     cfg = RolloutConfig(num_engines=2, resources_per_engine=2)
-    assert engine_cores(cfg, 0, ncpu=4) == [0, 1] and engine_cores(cfg, 1, ncpu=4) == [2, 3]
-    assert engine_cores(cfg, 1, ncpu=3) is None  # too small: no pinning
-    assert engine_cores(RolloutConfig(bind_cores=False), 0, ncpu=8) is None
-    assert engine_cores(RolloutConfig(gpus_per_engine=1), 0, ncpu=8) is None
+    assert engine_cores(cfg, 0, cpus=[0, 1, 2, 3]) == [0, 1] and engine_cores(cfg, 1, cpus=[0, 1, 2, 3]) == [2, 3]
+    assert engine_cores(cfg, 1, cpus=[0, 1, 2]) is None  # too small: no pinning
+    assert engine_cores(RolloutConfig(bind_cores=False), 0, cpus=list(range(8))) is None
+    assert engine_cores(RolloutConfig(gpus_per_engine=1), 0, cpus=list(range(8))) is None
+
+
+def test_engines_are_pinned_within_the_allowed_set_not_from_core_zero():
+    cfg = RolloutConfig(num_engines=2, resources_per_engine=1)
+    assert engine_cores(cfg, 0, cpus=[4, 6]) == [4] and engine_cores(cfg, 1, cpus=[4, 6]) == [6]
