@@ -79,10 +79,15 @@ class RolloutPool:
 
     def _spawn(self, index: int):
         cfg = self.cfg
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
         actor = ray.remote(concurrency_groups={CONTROL: 4})(VLLMEngine)
+        # Never inside the creator's placement group: a campaign trial's (Tune captures child
+        # actors into it) has no room for an engine; engines are resources of their own.
         return actor.options(
             num_cpus=cfg.resources_per_engine, num_gpus=cfg.gpus_per_engine or None,
             max_restarts=cfg.max_restarts, max_task_retries=0, runtime_env={"env_vars": engine_env(cfg)},
+            scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None),
         ).remote(self.model_dir, cfg, index)
 
     # ------------------------------------------------------------ lifecycle
