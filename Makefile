@@ -35,8 +35,9 @@ system-deps:
 	  else echo "missing:$$need (run 'sudo make system-deps'); their tests skip"; fi; \
 	else echo "system deps present"; fi
 
+# The method campaign (cli/demo_campaign.yaml); `tunefleet demo` alone is the single LoRA-SFT run.
 demo: setup
-	$(BIN)/tunefleet demo
+	$(BIN)/tunefleet demo --campaign
 
 lint: setup
 	$(BIN)/ruff check .
