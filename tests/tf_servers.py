@@ -31,7 +31,6 @@ S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "A
 class Services:
     tracking_uri: str  # http://127.0.0.1:PORT (MLflow server, PostgreSQL store, artifacts on S3)
     s3_endpoint: str  # http://127.0.0.1:PORT
-    database_uri: str
     env: dict = field(default_factory=dict)  # what a process needs to reach them (S3 endpoint + credentials)
 
     def s3(self):
@@ -133,7 +132,7 @@ def services() -> Iterator[Services]:
         s3 = f"http://127.0.0.1:{s3_port}"
         _serve([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)], env, root / "moto.log",
                f"{s3}/moto-api/", "moto S3 server", stack)
-        svc = Services("", s3, db, {**S3_ENV, "AWS_ENDPOINT_URL_S3": s3, "MLFLOW_S3_ENDPOINT_URL": s3})
+        svc = Services("", s3, {**S3_ENV, "AWS_ENDPOINT_URL_S3": s3, "MLFLOW_S3_ENDPOINT_URL": s3})
         svc.s3().create_bucket(Bucket=BUCKET)
         port = free_port()
         _serve([str(BIN / "mlflow"), "server", "--backend-store-uri", db, "--artifacts-destination",
