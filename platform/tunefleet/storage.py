@@ -201,9 +201,10 @@ def local_file(uri: str | os.PathLike) -> Iterator[Path]:
 
 def checkpoint_uri(checkpoint) -> str | None:
     """A Ray Train checkpoint's location as a `run.storage`-style string: its local path, or
-    `s3://bucket/...` (Ray keeps the path inside the filesystem, without the scheme)."""
-    if checkpoint is None:
-        return None
+    `s3://bucket/...` (Ray keeps the path inside the filesystem, without the scheme). A string
+    is already such a location (JobResult.checkpoint)."""
+    if checkpoint is None or isinstance(checkpoint, str):
+        return checkpoint
     filesystem = getattr(checkpoint, "filesystem", None)
     if filesystem is None or filesystem.type_name == "local":
         return checkpoint.path

@@ -120,10 +120,22 @@ def _load_resume(args):
         raise SystemExit(2) from None
 
 
-def _run(cfg, ship_package: bool) -> int:
-    from tunefleet.pipelines.train_job import run_train_job
+# algorithm.JOB -> the job that runs it: "module:function(cfg, ship_package) -> JobResult".
+JOBS = {"train": "tunefleet.pipelines.train_job:run_train_job",
+        "selfplay": "tunefleet.pipelines.selfplay_job:run_selfplay_job"}
 
-    result = run_train_job(cfg, ship_package=ship_package)
+
+def _run(cfg, ship_package: bool) -> int:
+    import importlib
+
+    from tunefleet.pipelines.selfplay_data import NoTrainingData
+
+    module, fn = JOBS[cfg.algorithm.JOB].split(":")
+    try:
+        result = getattr(importlib.import_module(module), fn)(cfg, ship_package=ship_package)
+    except NoTrainingData as err:
+        print(f"self-play stopped: {err}", file=sys.stderr)
+        return 1
     print(f"MLflow run id: {result.run_id}", flush=True)
     print(result.summary_line(), flush=True)
     return 0

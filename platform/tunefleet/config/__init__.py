@@ -25,9 +25,11 @@ from tunefleet.config.schema import (
     TrackingConfig,
     TrainerConfig,
 )
+from tunefleet.config.selfplay_methods import SELFPLAY_CONFIGS
 
 ALGORITHM_CONFIGS.update(PREFERENCE_CONFIGS)
 ALGORITHM_CONFIGS.update(RL_CONFIGS)
+ALGORITHM_CONFIGS.update(SELFPLAY_CONFIGS)
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:

@@ -14,6 +14,7 @@ from tunefleet.config.loader import ConfigError, check
 from tunefleet.config.loader import dotted as _p
 from tunefleet.config.rewards import RewardSpec
 from tunefleet.config.rollout import RolloutConfig
+from tunefleet.config.selfplay import SelfPlayConfig
 
 BUILTIN_TASKS = ("arith", "reverse")
 
@@ -82,6 +83,7 @@ class AlgorithmConfig:
     REFERENCE_MODES: ClassVar[tuple[str, ...]] = ("precompute", "live")
     VALUE_HEAD: ClassVar[bool] = False  # scalar head instead of token log-probs
     MIN_MICRO_BATCH: ClassVar[int] = 1  # rows a micro-batch needs (KTO pairs rows with each other)
+    JOB: ClassVar[str] = "train"  # the job kind that runs it (cli: JOBS); self-play methods: "selfplay"
     type: str = ""
 
 
@@ -256,6 +258,7 @@ class Config:
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     rewards: tuple[RewardSpec, ...] = ()
+    selfplay: SelfPlayConfig = field(default_factory=SelfPlayConfig)
 
     @property
     def reference_mode(self) -> str | None:
@@ -266,6 +269,11 @@ class Config:
         return self.reference.mode or self.algorithm.REFERENCE_MODES[0]
 
     def validate(self, path: str) -> None:
+        if self.algorithm.JOB == "selfplay":
+            from tunefleet.config.selfplay_methods import validate_selfplay
+
+            validate_selfplay(self)
+            return
         modes = self.algorithm.REFERENCE_MODES
         if self.algorithm.NEEDS_REFERENCE and self.reference_mode not in modes:
             raise ConfigError("reference.mode", f"bad value {self.reference.mode!r} for algorithm.type="

@@ -139,7 +139,8 @@ def _fill_cache(cfg, model_dir: str, plan, points: list[dict]) -> None:
 
 
 def finish_eval(tracker, cfg, plan, eval_dir: Path, model_dir: str) -> dict[str, float]:
-    """After the fit: artifacts, plots, objective, cache; the final point's metrics (flat)."""
+    """After the fit: artifacts, plots, objective, cache; the final point's metrics (flat),
+    plus `eval.objective` and, when step 0 was scored, `eval.objective_start`."""
     if plan is None:
         return {}
     points = read_points(eval_dir)
@@ -155,6 +156,9 @@ def finish_eval(tracker, cfg, plan, eval_dir: Path, model_dir: str) -> dict[str,
     if plan.objective and plan.objective[0] in out:
         out["eval.objective"] = out[plan.objective[0]]
         tracker.log_metrics({"eval.objective": out["eval.objective"]}, step=final["step"])
+        start = next((p for p in points if p["step"] == 0 and not p.get("final")), None)
+        if start is not None and plan.objective[0] in start["flat"]:  # the starting model's score
+            out["eval.objective_start"] = start["flat"][plan.objective[0]]
     if final["errors"] and plan.fail_final:
         names = ", ".join(final["errors"])
         tracker.log_text("\n\n".join(f"== {k}\n{v}" for k, v in final["errors"].items()), "eval/final_errors.txt")

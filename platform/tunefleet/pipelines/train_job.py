@@ -27,6 +27,7 @@ class JobResult:
     metrics: dict[str, float] = field(default_factory=dict)
     artifacts: list[str] = field(default_factory=list)
     checkpoint: str | None = None
+    objective: tuple[str, str] | None = None  # (metric, "max" | "min") of the run's eval plan
 
     def summary_line(self) -> str:
         return json.dumps({"run_id": self.run_id, "metrics": self.metrics, "artifacts": self.artifacts})
@@ -214,7 +215,8 @@ def run_train_job(cfg: Config, ship_package: bool = False, trial=None) -> JobRes
     tracker = _start_tracker(cfg, name, trial.run_tags() if trial else None)
     log_plan(tracker, plan)
     for ds_name, info in data.info.items():
-        tracker.log_dataset(ds_name, info["digest"], info["rows"], info["source"])
+        tracker.log_dataset(ds_name, info["digest"], info["rows"], info["source"],
+                            tags=trial.dataset_tags.get(ds_name) if trial else None)
     if data.bad_rows:
         tracker.log_text("\n".join(str(b) for b in data.bad_rows), "data/bad_rows.txt")
         tracker.log_metrics({"data/bad_rows": len(data.bad_rows)}, step=0)
@@ -272,4 +274,4 @@ def run_train_job(cfg: Config, ship_package: bool = False, trial=None) -> JobRes
 
         log_reward_curve(tracker, metrics)
     tracker.finish("FINISHED")
-    return JobResult(tracker.run_id, metrics, tracker.list_artifacts(), ckpt_path)
+    return JobResult(tracker.run_id, metrics, tracker.list_artifacts(), ckpt_path, plan.objective if plan else None)

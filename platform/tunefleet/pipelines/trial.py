@@ -1,4 +1,5 @@
-"""What makes a training job one trial of a campaign (pipelines/sweep_job.py).
+"""What makes a training job one trial of a campaign (pipelines/sweep_job.py) or one
+iteration of a self-play loop (pipelines/selfplay_job.py).
 
 `run_train_job(cfg, trial=Trial(...))` is the same job as `tunefleet run`, except that its
 MLflow run is a child of the campaign's run (tag `mlflow.parentRunId`, plus the trial's
@@ -18,12 +19,13 @@ PARENT_TAG = "mlflow.parentRunId"
 class Trial:
     """`callbacks`: Ray Train UserCallbacks for the trial's RunConfig (TuneReportCallback);
     `parent_run_id`: the campaign's MLflow run; `tags`: tunefleet.campaign, .trial_id, .method;
-    `report_evals`: report each eval point to Tune."""
+    `report_evals`: report each eval point to Tune (self-play iterations do not)."""
 
     callbacks: tuple = ()
     parent_run_id: str | None = None
     tags: dict = field(default_factory=dict)
     report_evals: bool = True
+    dataset_tags: dict = field(default_factory=dict)  # dataset name -> its MLflow input's extra tags (lineage)
 
     def run_tags(self) -> dict[str, str]:
         """The child run's extra MLflow tags."""

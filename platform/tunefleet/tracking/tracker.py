@@ -522,11 +522,13 @@ class Tracker:
             pass
         self._call("log_dict", self._run_id, d, artifact_file)
 
-    def log_dataset(self, name: str, digest: str, num_rows: int, source: str, context: str | None = None) -> None:
+    def log_dataset(self, name: str, digest: str, num_rows: int, source: str, context: str | None = None,
+                    tags: dict | None = None) -> None:
         """Record a dataset as tags and params ``dataset.<name>.{digest,rows,source}`` and as an
         MLflow dataset input (``MetaDataset`` + ``log_inputs``; its digest is cut to MLflow's
         36-character limit, the tags/params keep the full one). ``context``: the input's
-        ``mlflow.data.context`` tag (default: ``name``; evals use ``"eval"``)."""
+        ``mlflow.data.context`` tag (default: ``name``; evals use ``"eval"``); ``tags``: more
+        tags of the input (self-play lineage: which model generated it)."""
         info = {
             f"dataset.{name}.digest": str(digest),
             f"dataset.{name}.rows": str(int(num_rows)),
@@ -535,7 +537,7 @@ class Tracker:
         self.set_tags(info)
         self.log_params(info)
         try:
-            dataset_input = _dataset_input(name, str(digest), int(num_rows), str(source), context)
+            dataset_input = _dataset_input(name, str(digest), int(num_rows), str(source), context, tags)
         except Exception as err:  # noqa: BLE001 - the tags/params above are the record
             log.debug("could not build an MLflow dataset input for %s: %s", name, err)
             return
@@ -585,7 +587,8 @@ class Tracker:
         return f"Tracker(uri={self._uri!r}, run_id={self._run_id!r}, pending={len(self._pending)})"
 
 
-def _dataset_input(name: str, digest: str, num_rows: int, source: str, context: str | None = None):
+def _dataset_input(name: str, digest: str, num_rows: int, source: str, context: str | None = None,
+                   tags: dict | None = None):
     """Build a ``DatasetInput`` for ``client.log_inputs`` from dataset metadata."""
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.entities import DatasetInput, InputTag
@@ -604,7 +607,8 @@ def _dataset_input(name: str, digest: str, num_rows: int, source: str, context: 
             return config
 
     ds = _RowsMetaDataset(ds_source, name=name, digest=digest[:_MAX_DATASET_DIGEST_SIZE])
-    return DatasetInput(ds._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context or name)])
+    extra = [InputTag(str(k), _truncate(str(v), MAX_TAG_VAL_LENGTH)) for k, v in (tags or {}).items()]
+    return DatasetInput(ds._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context or name), *extra])
 
 
 def _dataset_source(source: str):

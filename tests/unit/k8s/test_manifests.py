@@ -78,10 +78,6 @@ def test_mlflow_tracking_uri_is_the_mlflow_service():
         assert yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]["MLFLOW_TRACKING_URI"] == uri
 
 
-# The self-play job kind is not built yet: its config lands with the self-play issue.
-NOT_YET = {"jobs/configs/selfplay_spin.yaml"}
-
-
 def entrypoint_cli_args(entrypoint: str, env: dict[str, str]) -> list[str]:
     """`tunefleet validate` arguments for a RayJob entrypoint (image paths mapped to this checkout)."""
     argv = [a.replace("/app/", "").replace("$TUNEFLEET_RUN_STORAGE", env["TUNEFLEET_RUN_STORAGE"])
@@ -101,8 +97,6 @@ def test_rayjob_entrypoints_name_valid_configs(job, capsys):
     (config,) = objects("base", "ConfigMap")
     (rayjob,) = [o for o in objects("base/jobs", "RayJob") if o["metadata"]["name"] == f"tunefleet-{job}"]
     args = entrypoint_cli_args(rayjob["spec"]["entrypoint"], config["data"])
-    if args[1] in NOT_YET and not (kc.REPO / args[1]).exists():
-        pytest.skip(f"{args[1]} lands with the self-play issue")
     assert main(args) == 0, capsys.readouterr()
 
 

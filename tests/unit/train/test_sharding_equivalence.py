@@ -73,9 +73,10 @@ def _free_port():
 def _algorithms():
     from tunefleet.config import ALGORITHM_CONFIGS
 
-    # Live-reference-only methods (KTO) and value heads are covered by their own tests.
+    # Live-reference-only methods (KTO) and value heads are covered by their own tests;
+    # self-play methods train with one of the others (their iterations are ordinary runs).
     return [cls() for cls in ALGORITHM_CONFIGS.values()
-            if "precompute" in cls.REFERENCE_MODES and not cls.VALUE_HEAD]
+            if "precompute" in cls.REFERENCE_MODES and not cls.VALUE_HEAD and cls.JOB == "train"]
 
 
 @pytest.mark.parametrize("algo", _algorithms(), ids=lambda a: a.type)
