@@ -29,6 +29,10 @@ from tunefleet.pipelines.train_job import JobResult, _start_tracker, run_name
 STEPS = ("generate", "build", "train", "evaluate", "promote")
 
 
+class StoppedMidIteration(RuntimeError):
+    """The iteration's training was stopped on request; rerunning resumes it."""
+
+
 def selfplay_dir(name: str) -> Path:
     from tunefleet.paths import tunefleet_home
 
@@ -93,6 +97,8 @@ def _train(loop: Loop, it: dict, pool, gold) -> dict:
     trial = Trial(parent_run_id=loop.tracker.run_id, tags={"tunefleet.kind": "selfplay-iteration", **lineage},
                   report_evals=False, dataset_tags={"train": lineage})
     result = run_train_job(cfg, trial=trial)
+    if result.metrics.get("stopped"):  # SIGTERM (`ray job stop`): checkpointed, not finished
+        raise StoppedMidIteration(f"iteration {t} stopped at step {int(result.metrics.get('step', 0))}")
     loop.tracker.set_tags({f"dataset.train_iter{t}.trained_run_id": result.run_id or ""})
     return {"run_id": result.run_id, "checkpoint": result.checkpoint, "objective": list(result.objective or ()),
             "start": result.metrics.get("eval.objective_start"), "after": result.metrics.get("eval.objective"),
@@ -225,6 +231,10 @@ def run_selfplay_job(cfg: Config, ship_package: bool = False) -> JobResult:
                 print(f"[selfplay] stopping after iteration {t}: {it['promote']['stopped']}", flush=True)
                 loop.tracker.set_tags({"tunefleet.stop_reason": it["promote"]["stopped"]})
                 break
+    except StoppedMidIteration as stop:
+        loop.tracker.finish("KILLED")
+        print(f"[selfplay] {stop}; rerun the same command (run.name={name}) to resume", flush=True)
+        return JobResult(loop.tracker.run_id, {"stopped": 1.0}, [], None)
     except BaseException:
         loop.tracker.finish("FAILED")
         raise

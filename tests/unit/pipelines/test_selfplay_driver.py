@@ -39,14 +39,18 @@ def _fakes(monkeypatch, calls: list, objectives: dict, crash_at=None):
                 if it["evaluate"]["regressed"] and loop.cfg.selfplay.stop_on_regression:
                     return {"stopped": "worse"}
                 return {"model_dir": f"/m{t + 1}", "model_ref": f"models:/x/{t + 1}"}
-            return {"step": step, "versions": [0], "sampling": "{}"}
+            return {"step": step, "versions": [0], "sampling": "{}", "path": "/gen.parquet"}
         return fn
 
     monkeypatch.setattr(selfplay_job, "STEP_FNS", {s: make(s) for s in selfplay_job.STEPS})
 
+    class NoPool:
+        def close(self):
+            pass
+
     @contextmanager
     def no_pool(cfg, model_dir, name):
-        yield None
+        yield NoPool()
 
     monkeypatch.setattr(selfplay_data, "lazy_pool", no_pool)
     monkeypatch.setattr(selfplay_data, "gold_rows", lambda cfg: ["gold"])
@@ -125,3 +129,19 @@ def test_bad_selfplay_configs_name_the_field(overrides, field):
     with pytest.raises(ConfigError) as err:
         load_config(None, [o for o in BASE if o != "tracking.enabled=false"] + overrides)
     assert err.value.path == field, str(err.value)
+
+
+def test_a_stopped_training_ends_the_loop_resumably(home, monkeypatch):
+    """SIGTERM during an iteration's training (`ray job stop`): the run checkpoints and returns
+    `stopped`; the loop ends KILLED without recording the step, so a rerun resumes it."""
+    from tunefleet.pipelines.train_job import JobResult
+
+    cfg = load_config(None, BASE + ["selfplay.iterations=1"])
+    _fakes(monkeypatch, [], {0: (0.1, 0.2)})
+    monkeypatch.setitem(selfplay_job.STEP_FNS, "train", selfplay_job._train)
+    monkeypatch.setattr("tunefleet.pipelines.train_job.run_train_job",
+                        lambda cfg, trial: JobResult("child", {"stopped": 1.0, "step": 3.0}))
+    result = selfplay_job.run_selfplay_job(cfg)
+    assert result.metrics == {"stopped": 1.0}
+    (it,) = selfplay_job.read_json(selfplay_dir_state(), None)["iterations"]
+    assert "build" in it and "train" not in it
