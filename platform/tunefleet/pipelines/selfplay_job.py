@@ -188,7 +188,7 @@ def _run_iteration(loop: Loop, it: dict, gold) -> None:
     if len(todo) < len(STEPS):
         print(f"[selfplay] iteration {it['index']}: resuming at {todo[0]} (done: "
               f"{', '.join(s for s in STEPS if s in it)})", flush=True)
-    with lazy_pool(loop.cfg, it["model_dir"], f"{loop.name}-iter{it['index']}") as pool:
+    with lazy_pool(loop.cfg, it["model_dir"], f"{loop.name}-iter{it['index']}", it["index"]) as pool:
         for step in todo:
             it[step] = STEP_FNS[step](loop, it, pool, gold)
             loop.save()

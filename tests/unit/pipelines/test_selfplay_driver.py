@@ -49,7 +49,7 @@ def _fakes(monkeypatch, calls: list, objectives: dict, crash_at=None):
             pass
 
     @contextmanager
-    def no_pool(cfg, model_dir, name):
+    def no_pool(cfg, model_dir, name, iteration):
         yield NoPool()
 
     monkeypatch.setattr(selfplay_data, "lazy_pool", no_pool)
