@@ -194,6 +194,13 @@ def _run_iteration(loop: Loop, it: dict, gold) -> None:
             loop.save()
 
 
+def _identity(cfg: Config, name: str) -> str:
+    """What must not change between a loop and its resumption: the config, with the run name
+    resolved and without the tracking URI (`tunefleet run --resume` pins both)."""
+    return dump_yaml(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name=name),
+                                         tracking=dataclasses.replace(cfg.tracking, uri=None)))
+
+
 def _start(cfg: Config, name: str) -> Loop:
     from tunefleet.models.registry import resolve_model
 
@@ -202,8 +209,8 @@ def _start(cfg: Config, name: str) -> Loop:
     tracker = _start_tracker(cfg, name, {"tunefleet.kind": "selfplay"})
     if state is None:
         base = {"model_dir": str(resolve_model(cfg.model.name)), "model_ref": f"base:{cfg.model.name}"}
-        state = {"name": name, "config": dump_yaml(cfg), "base": base, "iterations": []}
-    elif state["config"] != dump_yaml(cfg):
+        state = {"name": name, "config": _identity(cfg, name), "base": base, "iterations": []}
+    elif state["config"] != _identity(cfg, name):
         raise RuntimeError(f"{root / 'state.json'}: self-play {name!r} was started with another config; "
                            "resume it with the same one, or pick a new run.name")
     loop = Loop(cfg, name, root, tracker, state)
@@ -233,7 +240,8 @@ def run_selfplay_job(cfg: Config, ship_package: bool = False) -> JobResult:
                 break
     except StoppedMidIteration as stop:
         loop.tracker.finish("KILLED")
-        print(f"[selfplay] {stop}; rerun the same command (run.name={name}) to resume", flush=True)
+        print(f"[selfplay] {stop}; resume with: tunefleet run --resume {loop.tracker.run_id} (or rerun with "
+              f"run.name={name})", flush=True)
         return JobResult(loop.tracker.run_id, {"stopped": 1.0}, [], None)
     except BaseException:
         loop.tracker.finish("FAILED")

@@ -109,8 +109,13 @@ def test_evaluate_honours_the_objective_direction(home, monkeypatch):
 
 
 def test_a_changed_config_is_not_resumed_silently(home, monkeypatch):
-    _fakes(monkeypatch, [], {0: (0.1, 0.2)})
+    calls = []
+    _fakes(monkeypatch, calls, {0: (0.1, 0.2)})
     selfplay_job.run_selfplay_job(load_config(None, BASE + ["selfplay.iterations=1"]))
+    # What `tunefleet run --resume PARENT_RUN_ID` pins (the tracking URI) is not a change.
+    calls.clear()
+    selfplay_job.run_selfplay_job(load_config(None, BASE + ["selfplay.iterations=1", "tracking.uri=sqlite:///x.db"]))
+    assert calls == []
     with pytest.raises(RuntimeError, match="another config"):
         selfplay_job.run_selfplay_job(load_config(None, BASE + ["selfplay.iterations=1", "algorithm.beta=0.5"]))
 
