@@ -77,7 +77,8 @@ def test_finish_eval_logs_every_point_and_the_objective_and_fails_on_a_final_err
     _point(tmp_path, 4, True, 0.6)
     tracker = _Tracker()
     out = finish_eval(tracker, None, plan, tmp_path, "m")
-    assert out == {"eval/arith_l1/exact_match": 0.6, "eval.objective": 0.6}
+    # eval.objective_start: step 0's score of the objective (the starting model's)
+    assert out == {"eval/arith_l1/exact_match": 0.6, "eval.objective": 0.6, "eval.objective_start": 0.1}
     assert tracker.metrics[("eval.objective", 4)] == 0.6
     assert {"eval/step_000000", "eval/step_000004", "plots"} <= set(tracker.artifacts)
 

@@ -100,7 +100,9 @@ def test_objective_comes_from_the_campaign_else_the_base_config():
     c = load_campaign(METHODS, TINY)
     cfg = plan_trials(c, "x", None)[0].config
     assert objective(c, cfg) == ("eval/arith_l1/exact_match", "max")
-    bare = load_campaign(DPO_BETA, TINY)  # no campaign.objective, dpo.yaml has no eval.objective
+    # dpo_beta.yaml names its objective (dpo.yaml has no eval.objective): without it, an error
+    assert objective(load_campaign(DPO_BETA, TINY), cfg) == ("eval/arith_l1/exact_match", "max")
+    bare = load_campaign(DPO_BETA, [*TINY, "campaign.objective=null"])
     with pytest.raises(ConfigError, match="campaign.objective"):
         objective(bare, plan_trials(bare, "x", None)[0].config)
     with_obj = load_config(None, [*TINY, "eval.objective.metric=eval/heldout/loss"])
