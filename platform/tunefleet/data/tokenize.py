@@ -36,6 +36,12 @@ def _chat_ids(tokenizer: Any, messages: list[dict], add_generation_prompt: bool)
     )
 
 
+def user_prompt_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Each text as one user turn under the model's chat template, with the generation
+    prompt appended: what a RolloutPool is given to answer it. [len(texts)][P_i] ids."""
+    return [_chat_ids(tokenizer, [{"role": "user", "content": t}], add_generation_prompt=True) for t in texts]
+
+
 def _trim_after_last_eos(ids: list[int], start: int, eos_id: int | None) -> list[int]:
     """Drop template filler (e.g. ChatML's trailing newline) after the final end-of-turn.
 

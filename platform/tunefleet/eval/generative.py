@@ -64,11 +64,11 @@ def generate(pool, tokenizer, prompts: list[str], max_new_tokens: int, seed: int
     """One completion per prompt, in order (temperature 0: greedy)."""
     import ray
 
-    from tunefleet.pipelines.generate_job import _prompt_ids
+    from tunefleet.data.tokenize import user_prompt_ids
     from tunefleet.rollout.samples import Sampling
 
     sampling = Sampling(n=1, temperature=temperature, max_tokens=max_new_tokens, seed=seed)
-    ref = pool.generate.remote(_prompt_ids(tokenizer, prompts), sampling)
+    ref = pool.generate.remote(user_prompt_ids(tokenizer, prompts), sampling)
     # One request for the whole suite (the engines batch it as they like); say it is alive.
     t0, done = time.monotonic(), []
     while not done:

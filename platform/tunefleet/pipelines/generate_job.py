@@ -33,18 +33,13 @@ class GenerateRequest:
     tracking_uri: str | None = None
 
 
-def _prompt_ids(tokenizer, texts: list[str]) -> list[list[int]]:
-    from tunefleet.data.tokenize import _chat_ids
-
-    return [_chat_ids(tokenizer, [{"role": "user", "content": t}], add_generation_prompt=True) for t in texts]
-
-
 def run_generate(req: GenerateRequest):
     """Start a pool, (sync the adapter), generate, write `req.out`, log it; OfflineResult."""
     import ray
 
     from tunefleet.cluster import init_ray
     from tunefleet.config.rollout import RolloutConfig, engine_lora_rank
+    from tunefleet.data.tokenize import user_prompt_ids
     from tunefleet.models.registry import load_tokenizer, resolve_model
     from tunefleet.rollout.client import create_pool
     from tunefleet.rollout.offline import generate_dataset, read_prompts
@@ -55,7 +50,7 @@ def run_generate(req: GenerateRequest):
     init_ray()
     model_dir = str(resolve_model(req.model))
     texts = read_prompts(req.prompts, req.prompt_field)
-    prompts = _prompt_ids(load_tokenizer(model_dir), texts) if req.chat else texts
+    prompts = user_prompt_ids(load_tokenizer(model_dir), texts) if req.chat else texts
     rank = adapter_from_dir(req.adapter).rank if req.adapter else 16
     cfg = RolloutConfig(num_engines=req.num_engines, resources_per_engine=req.cpus_per_engine, dtype=req.dtype,
                         enable_lora=req.adapter is not None, max_lora_rank=engine_lora_rank(rank),

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from tunefleet.data.tokenize import user_prompt_ids
+
 PARAPHRASE_PROMPT = "Rewrite the following answer in your own words, keeping its final answer:\n\n{gold}"
 
 
@@ -52,18 +54,11 @@ def gold_rows(cfg) -> list[Gold]:
     return rows
 
 
-def chat_prompts(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Each text as one user turn under the model's chat template, ready for generation."""
-    from tunefleet.data.tokenize import _chat_ids
-
-    return [_chat_ids(tokenizer, [{"role": "user", "content": t}], add_generation_prompt=True) for t in texts]
-
-
 def fitting_gold(cfg, gold: list[Gold], tokenizer) -> list[Gold]:
     """The gold rows whose prompt leaves room for `selfplay.max_new_tokens` within
     `rollout.max_model_len` (vLLM refuses longer ones); the rest are counted and skipped."""
     limit = cfg.rollout.max_model_len - cfg.selfplay.max_new_tokens
-    ids = chat_prompts(tokenizer, [g.prompt for g in gold])
+    ids = user_prompt_ids(tokenizer, [g.prompt for g in gold])
     keep = [g for g, p in zip(gold, ids) if len(p) <= limit]
     if len(keep) < len(gold):
         print(f"[selfplay] skipped {len(gold) - len(keep)} of {len(gold)} gold prompts longer than {limit} tokens "
@@ -100,7 +95,7 @@ class LazyPool:
 
         from tunefleet.rollout.samples import Sampling
 
-        ids = chat_prompts(self.tokenizer, texts)
+        ids = user_prompt_ids(self.tokenizer, texts)
         limit = self.cfg.rollout.max_model_len - max_tokens
         fit = [i for i, p in enumerate(ids) if len(p) <= limit]
         if len(fit) < len(ids):  # their reply stays "": an llm_judge counts it as a parse failure
@@ -153,7 +148,7 @@ def generate(cfg, pool: LazyPool, gold: list[Gold], out: Path, iteration: int, m
     print(f"[selfplay] iteration {iteration}: generating {sampling.n} sample(s) for {len(gold)} prompts "
           f"from {model_ref}", flush=True)
     texts = [g.prompt for g in gold]
-    result = generate_dataset(pool.pool, chat_prompts(pool.tokenizer, texts), out, sampling, model=model_ref,
+    result = generate_dataset(pool.pool, user_prompt_ids(pool.tokenizer, texts), out, sampling, model=model_ref,
                               tracker=tracker, name=f"generated_iter{iteration}", texts=texts)
     took = time.time() - t0
     print(f"[selfplay] iteration {iteration}: {result.rows * sampling.n} samples in {took:.0f} s "
