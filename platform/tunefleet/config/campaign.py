@@ -8,7 +8,7 @@ the scheduler, the objective, budgets and per-trial resources.
       overrides: [data.task=arith]           # applied to the base, then to every trial
       num_samples: 8
       search: random                         # random | grid | optuna
-      scheduler: {type: asha, reduction_factor: 3, rungs: 3}
+      scheduler: {type: asha, reduction_factor: 3, rungs: 3}   # or {type: pbt, rungs: 3, mutate: [trainer.lr]}
       objective: {metric: eval/arith_l2/exact_match, mode: max}   # default: the base eval.objective
       budget: {max_concurrent: 2, wall_time_s: 900, train_tokens: null}
       resources: {cpus: 2, gpus: 0}
@@ -56,11 +56,28 @@ class SchedulerConfig:
     reduction_factor: int = 3
     rungs: int = 3
     max_tokens: int | None = None
+    # PBT: `rungs` evenly spaced points (in steps; checkpoints are in steps) at which the
+    # bottom `quantile_fraction` of trials restore a top trial's checkpoint and go on with its
+    # config, the keys in `mutate` perturbed (x0.8 / x1.2, or a neighbouring choice), or
+    # resampled with `resample_probability`.
+    mutate: tuple[str, ...] = ()
+    quantile_fraction: float = 0.25
+    resample_probability: float = 0.25
 
     def validate(self, path: str) -> None:
         check(self.reduction_factor >= 2, _p(path, "reduction_factor"), self.reduction_factor, ">= 2")
         check(self.rungs >= 1, _p(path, "rungs"), self.rungs, ">= 1")
         check(self.max_tokens is None or self.max_tokens >= 1, _p(path, "max_tokens"), self.max_tokens, ">= 1 or null")
+        check(0 < self.quantile_fraction <= 0.5, _p(path, "quantile_fraction"), self.quantile_fraction, "in (0, 0.5]")
+        check(0 <= self.resample_probability <= 1, _p(path, "resample_probability"), self.resample_probability,
+              "in [0, 1]")
+        if self.type != "pbt":
+            check(not self.mutate, _p(path, "mutate"), list(self.mutate), "empty unless type is pbt")
+            return
+        check(self.max_tokens is None, _p(path, "max_tokens"), self.max_tokens,
+              "null with pbt (it exploits checkpoints, which are written at steps)")
+        check(self.rungs >= 2, _p(path, "rungs"), self.rungs, ">= 2 with pbt (the last point ends the trial)")
+        check(bool(self.mutate), _p(path, "mutate"), list(self.mutate), "at least one hyperparameter with pbt")
 
 
 @dataclass(frozen=True)
@@ -263,7 +280,28 @@ def load_campaign(path: str | Path, overrides: typing.Sequence[str] = ()) -> Cam
 def _checked(campaign: Campaign) -> Campaign:
     _check_methods(campaign.space)
     _check_trials(campaign)
+    _check_pbt(campaign)
     return campaign
+
+
+# What PBT may change mid-run: a checkpoint carries the weights' shape, the batch and the data
+# order, so only what the optimizer (re-applied after loading) or the loss reads each step.
+PBT_MUTABLE = ("trainer.lr", "trainer.weight_decay", "algorithm.*")
+
+
+def _check_pbt(campaign: Campaign) -> None:
+    c = campaign.campaign
+    if c.scheduler.type != "pbt":
+        return
+    check(c.search != "optuna", "campaign.search", c.search, "random or grid with pbt (PBT proposes its own configs)")
+    space = campaign.space
+    for i, key in enumerate(c.scheduler.mutate):
+        path = f"campaign.scheduler.mutate[{i}]"
+        ok = key in PBT_MUTABLE or (key.startswith("algorithm.") and "." not in key[len("algorithm."):])
+        check(ok, path, key, ", ".join(PBT_MUTABLE))
+        dists = [method_params(space, m).get(key) for m in sorted(space.methods)]
+        missing = [m for m, d in zip(sorted(space.methods), dists) if not isinstance(d, dict)]
+        check(not missing, path, key, f"a key every method samples from a distribution (not in {', '.join(missing)})")
 
 
 def campaign_to_dict(campaign: Campaign) -> dict:

@@ -24,11 +24,12 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from tunefleet.config import ConfigError
+from tunefleet.config import ConfigError, config_from_dict, to_dict
 from tunefleet.config.campaign import Campaign, campaign_from_dict, campaign_to_dict
+from tunefleet.config.loader import apply_overrides
 from tunefleet.pipelines import leaderboard as lb
 from tunefleet.pipelines.leaderboard import Row
 from tunefleet.pipelines.sweep_plan import (
@@ -104,14 +105,37 @@ def _run_trial(config: dict, job: _Job) -> None:
         # Ended before the driver died, though Tune's saved state had not caught up: not rerun.
         tune.report({**job.settled[index], "final": True})
         return
-    if "trial" in config:
-        spec = job.trials[index]
-    else:  # Optuna proposed it
-        method, values = from_optuna(job.campaign_spec, config)
-        spec = trial_spec(job.campaign_spec, job.prefix, job.tracking_uri, job.extra, index, method, values)
+    spec = _spec(job, index, config)
     tags = {"tunefleet.campaign": job.campaign, "tunefleet.trial_id": spec.trial_id, "tunefleet.method": spec.method,
             "tunefleet.kind": "trial", "tunefleet.values": json.dumps(spec.values, sort_keys=True)}
-    run_train_job(spec.config, trial=Trial((TuneReportCallback(),), job.parent_run_id, tags))
+    trial = Trial((TuneReportCallback(),), job.parent_run_id, tags)
+    if config.get("pbt"):  # PBT exploited a donor: a new Train run from its checkpoint, into this trial's MLflow run
+        trial = _exploiting(trial, spec, config["pbt"], job.trials[index].config.run.name)
+        name = f"run.name={trial.tracking_name}-g{config['pbt']['generation']}"  # Ray Train resumes a run by name
+        spec = replace(spec, config=config_from_dict(apply_overrides(to_dict(spec.config), [name])))
+    run_train_job(spec.config, trial=trial)
+
+
+def _spec(job: _Job, index: int, config: dict) -> TrialSpec:
+    """The trial's spec: as planned; from its config when Optuna proposed it or PBT changed it."""
+    if "values" in config:  # PBT: the method and values may be a donor's, perturbed
+        return trial_spec(job.campaign_spec, job.prefix, job.tracking_uri, job.extra, index, config["method"],
+                          config["values"])
+    if "trial" in config:
+        return job.trials[index]
+    method, values = from_optuna(job.campaign_spec, config)  # Optuna proposed it
+    return trial_spec(job.campaign_spec, job.prefix, job.tracking_uri, job.extra, index, method, values)
+
+
+def _exploiting(trial: Trial, spec: TrialSpec, pbt: dict, tracking_name: str) -> Trial:
+    """The Trial of a PBT generation: it restores the donor's checkpoint (Tune's checkpoint of
+    this trial, set by the exploit) into a new Train run, logged into the trial's own MLflow run."""
+    from ray import tune
+
+    ckpt = tune.get_checkpoint()
+    tags = {**trial.tags, "tunefleet.pbt_generation": pbt["generation"],
+            "tunefleet.pbt_last_exploit": json.dumps({**pbt, "method": spec.method, "values": spec.values})}
+    return replace(trial, tags=tags, tracking_name=tracking_name, restore_from=ckpt)
 
 
 def plan(campaign: Campaign, name: str, uri: str | None):
@@ -122,6 +146,11 @@ def plan(campaign: Campaign, name: str, uri: str | None):
     if not first[0].config.tracking.enabled:
         raise ConfigError("tracking.enabled", "false; a campaign records its trials in MLflow: allowed: true")
     r = rungs(campaign, max(t.config.trainer.max_steps for t in first))
+    c = campaign.campaign
+    if c.scheduler.type == "pbt" and c.budget.max_concurrent < len(first):
+        # PBT pauses running trials for waiting ones: each pause here is a Train run restart
+        raise ConfigError("campaign.budget.max_concurrent", f"bad value {c.budget.max_concurrent}: PBT runs its "
+                          f"{len(first)} trials together; allowed: >= {len(first)}")
     extra = (r.overrides if r else ()) + (f"eval.objective={json.dumps({'metric': metric, 'mode': mode})}",)
     if not first[0].config.run.storage:  # resolved here: a trial's processes may see another TUNEFLEET_HOME
         from tunefleet.pipelines.train_job import storage_path
@@ -181,7 +210,7 @@ def run_sweep(campaign: Campaign | None, tracking_uri: str | None = None, ship_p
         out_of_time = b.wall_time_s is not None and time.monotonic() - started >= 0.98 * b.wall_time_s
         budget_hit = b.train_tokens is not None and tokens.total() >= b.train_tokens
         results = {i: res for res in grid if (i := result_index(res)) is not None}
-        if campaign.campaign.search == "optuna":
+        if campaign.campaign.search == "optuna" or campaign.campaign.scheduler.type == "pbt":
             trials = _proposed(job, results)
         rows = _settle(parent, trials, results, metric, stops.load(),
                        "token_budget" if budget_hit else "wall_time" if out_of_time else "stopped")
@@ -245,7 +274,7 @@ def _tuner(campaign: Campaign, job: _Job, r, metric: str, mode: str, path: str, 
     """Tune's Tuner for the campaign, or Tune's own restore of it (`resume`)."""
     from ray import tune
 
-    from tunefleet.pipelines.sweep_tune import StatusLine, TokenBudget, optuna_search, scheduler
+    from tunefleet.pipelines.sweep_tune import StatusLine, TokenBudget, optuna_search
 
     trainable = tune.with_resources(tune.with_parameters(_run_trial, job=job), {"cpu": TRIAL_CPU})
     if resume:
@@ -261,22 +290,34 @@ def _tuner(campaign: Campaign, job: _Job, r, metric: str, mode: str, path: str, 
         search = optuna_search(optuna_space(campaign), metric, mode, c.seed)
     status = StatusLine(metric, mode, c.name, c.num_samples if optuna else len(job.trials), b.wall_time_s,
                         b.train_tokens, tokens, stops)
+    pbt = c.scheduler.type == "pbt"
     return tune.Tuner(
-        trainable, param_space={} if optuna else param_space(list(job.trials)),
-        tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler(r, stops), search_alg=search,
+        trainable, param_space={} if optuna else param_space(list(job.trials), pbt),
+        tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=_scheduler(campaign, job, r, stops),
+                                    search_alg=search,
                                     num_samples=c.num_samples if optuna else 1,
                                     max_concurrent_trials=b.max_concurrent, time_budget_s=b.wall_time_s),
         run_config=tune.RunConfig(name=job.prefix, storage_path=str(Path(path).parent), callbacks=[status],
                                   stop=TokenBudget(b.train_tokens, tokens), verbose=1))
 
 
+def _scheduler(campaign: Campaign, job: _Job, r, stops):
+    from tunefleet.pipelines.sweep_plan import pbt_mutations
+    from tunefleet.pipelines.sweep_tune import scheduler
+    from tunefleet.storage import ray_storage
+
+    s = campaign.campaign.scheduler
+    if s.type != "pbt":
+        return scheduler(r, stops)
+    pbt = {"hyperparam_mutations": pbt_mutations(campaign), "quantile_fraction": s.quantile_fraction,
+           "resample_probability": s.resample_probability}
+    return scheduler(r, stops, pbt, ray_storage(job.trials[0].config.run.storage)[1])
+
+
 def _proposed(job: _Job, results: dict) -> list[TrialSpec]:
-    """The trials Optuna proposed (for the leaderboard), from their Tune configs."""
-    out = []
-    for index in sorted(results):
-        method, values = from_optuna(job.campaign_spec, results[index].config)
-        out.append(trial_spec(job.campaign_spec, job.prefix, job.tracking_uri, job.extra, index, method, values))
-    return out
+    """The trials as they ended (for the leaderboard), from their Tune configs: what Optuna
+    proposed, or what PBT made of them."""
+    return [_spec(job, index, results[index].config) for index in sorted(results)]
 
 
 def _finish(parent, rows: list[Row], metric: str, mode: str) -> SweepResult:

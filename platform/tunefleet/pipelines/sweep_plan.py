@@ -35,8 +35,9 @@ class TrialSpec:
 
 @dataclass(frozen=True)
 class Rungs:
-    """ASHA's budget points. `time_attr`: what a trial's reports count its budget in
-    ("train_tokens" or "step"); rungs at grace_period * reduction_factor**k up to max_t.
+    """ASHA's budget points, or PBT's. `time_attr`: what a trial's reports count its budget in
+    ("train_tokens" or "step"); rungs at grace_period * reduction_factor**k up to max_t (PBT:
+    reduction_factor 1, a point every grace_period).
     `overrides`: what makes every trial evaluate (and report) at those points."""
 
     time_attr: str
@@ -46,10 +47,11 @@ class Rungs:
     overrides: tuple[str, ...]
 
     def milestones(self) -> list[int]:
+        """The budget points: geometric for ASHA; evenly spaced for PBT (reduction_factor 1)."""
         out, t = [], self.grace_period
         while t <= self.max_t:
             out.append(t)
-            t *= self.reduction_factor
+            t = t * self.reduction_factor if self.reduction_factor > 1 else t + self.grace_period
         return out
 
 
@@ -75,15 +77,21 @@ def objective(campaign: Campaign, cfg: Config) -> tuple[str, str]:
     return obj.metric, obj.mode or default_mode(obj.metric)
 
 
+PBT_KEEP = 3  # checkpoints a PBT trial keeps: a donor's must outlive the restart of the trial exploiting it
+
+
 def rungs(campaign: Campaign, max_steps: int) -> Rungs | None:
-    """ASHA's rungs (None for fifo; pbt is not supported yet). With `scheduler.max_tokens`
+    """ASHA's rungs, or PBT's perturbation points (None for fifo). With `scheduler.max_tokens`
     the budget is training tokens and trials evaluate every grace_period tokens; without it,
-    steps, the top rung at `max_steps`, and trials evaluate every grace_period steps."""
+    steps, the top rung at `max_steps`, and trials evaluate every grace_period steps. PBT's
+    points are `rungs` evenly spaced steps, each with an eval and a checkpoint to exploit."""
     s = campaign.campaign.scheduler
-    if s.type == "pbt":
-        raise ConfigError("campaign.scheduler.type", "bad value 'pbt': not supported yet; allowed: asha, fifo")
     if s.type == "fifo":
         return None
+    if s.type == "pbt":
+        every = max(1, max_steps // s.rungs)
+        return Rungs("step", max_steps, every, 1, (f"eval.every_steps={every}", f"checkpoint.every_steps={every}",
+                                                    f"checkpoint.keep={PBT_KEEP}"))
     attr, max_t, key = ("train_tokens", s.max_tokens, "eval.every_tokens") if s.max_tokens else \
         ("step", max_steps, "eval.every_steps")
     grace = max(1, max_t // s.reduction_factor ** (s.rungs - 1))
@@ -170,11 +178,40 @@ def from_optuna(campaign: Campaign, config: dict) -> tuple[str, dict]:
     return method, values
 
 
-def param_space(trials: list[TrialSpec]) -> dict:
-    """Tune's view of the trials: only their indices (as a grid, so each runs once)."""
+def param_space(trials: list[TrialSpec], pbt: bool = False) -> dict:
+    """Tune's view of the trials: only their indices (as a grid, so each runs once). Under
+    PBT also each trial's method and values, which PBT copies and perturbs (`values` nested:
+    dotted keys stay whole)."""
     from ray import tune
 
-    return {"trial": tune.grid_search([t.index for t in trials])}
+    space = {"trial": tune.grid_search([t.index for t in trials])}
+    if pbt:
+        space["method"] = tune.sample_from(_ByTrial({t.index: t.method for t in trials}))
+        space["values"] = tune.sample_from(_ByTrial({t.index: dict(t.values) for t in trials}))
+    return space
+
+
+class _ByTrial:
+    """A sample_from function: the trial's own entry (a class: Tune pickles its space)."""
+
+    def __init__(self, by_index: dict):
+        self.by_index = by_index
+
+    def __call__(self, config: dict):
+        return self.by_index[config["trial"]]
+
+
+def pbt_mutations(campaign: Campaign) -> dict:
+    """PBT's hyperparam_mutations: {"values": {key: a list (choice, grid) or a Tune domain}}."""
+    from ray import tune
+
+    domains = {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}
+    some = sorted(campaign.space.methods)[0]  # every method samples a mutated key (config/campaign.py)
+    out = {}
+    for key in campaign.campaign.scheduler.mutate:
+        kind, arg = next(iter(method_params(campaign.space, some)[key].items()))
+        out[key] = list(arg) if kind in ("choice", "grid") else domains[kind](*arg)
+    return {"values": out}
 
 
 def short_value(v) -> str:

@@ -9,13 +9,14 @@ spent) is kept on disk by pipelines/sweep_state.py instead of in their attribute
 
 from __future__ import annotations
 
+import random
 import re
 import time
 import warnings
 from pathlib import Path
 
 from ray.tune import Callback, Stopper
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 from ray.tune.search.optuna import OptunaSearch
 
 from tunefleet.pipelines.sweep_plan import Rungs
@@ -68,8 +69,60 @@ class FinalPointASHA(ASHAScheduler):
         return action
 
 
-def scheduler(r: Rungs | None, stop_log: StopLog):
-    """ASHA over `r` (FIFO without)."""
+class TrainCheckpointPBT(PopulationBasedTraining):
+    """PBT over the trials' own Ray Train checkpoints. A trial's Tune function reports no
+    Tune checkpoint of its own (TuneReportCallback forwards each Train checkpoint's path as
+    the `checkpoint_path` metric), so a top trial's "save" is its newest Train checkpoint, and
+    an exploiting trial restarts with it as its Tune checkpoint: the trainable starts a new
+    Train run from it (pipelines/sweep_job.py). The exploiting trial keeps its own index and
+    MLflow run; `pbt` in its config counts its generations and names the donor."""
+
+    def __init__(self, storage_filesystem=None, **kwargs):
+        super().__init__(require_attrs=False, **kwargs)  # checkpoint reports carry no objective
+        self.filesystem = storage_filesystem
+        self.newest: dict[str, tuple[str, int]] = {}  # Tune trial id -> (checkpoint path, step)
+
+    def on_trial_result(self, tune_controller, trial, result):
+        if result.get("checkpoint_path"):
+            self.newest[trial.trial_id] = (result["checkpoint_path"], int(result.get("step", 0)))
+        if result.get("final"):  # the last point ends the trial: nothing to exploit any more
+            return self.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+    def _checkpoint_or_exploit(self, trial, tune_controller, upper_quantile, lower_quantile):
+        """Exploit the newest Train checkpoint of a top trial (not the one it had at its own
+        last perturbation point: with trials reporting asynchronously, that can be a point older)."""
+        from ray.tune import Checkpoint
+
+        if trial not in lower_quantile:
+            return
+        donor = random.choice(upper_quantile)
+        if donor.trial_id not in self.newest:
+            print(f"[sweep] pbt: t{trial_index(donor):03d} has no checkpoint yet; t{trial_index(trial):03d} "
+                  "goes on as it is", flush=True)
+            return
+        self._trial_state[donor].last_checkpoint = Checkpoint(self.newest[donor.trial_id][0],
+                                                              filesystem=self.filesystem)
+        self._num_checkpoints += 1
+        self._exploit(tune_controller, trial, donor)
+
+    def _get_new_config(self, trial, trial_to_clone):
+        new, operations = super()._get_new_config(trial, trial_to_clone)
+        generation = int((trial.config.get("pbt") or {}).get("generation", 0)) + 1
+        step = self.newest.get(trial_to_clone.trial_id, ("", 0))[1]
+        new["trial"] = trial.config["trial"]  # PBT copies the donor's config; the trial stays itself
+        new["pbt"] = {"generation": generation, "from": f"t{trial_index(trial_to_clone):03d}", "step": step}
+        print(f"[sweep] pbt: t{trial_index(trial):03d} restores t{trial_index(trial_to_clone):03d}'s checkpoint "
+              f"at step {step} (generation {generation}): {new['method']} {new['values']}", flush=True)
+        return new, operations
+
+
+def scheduler(r: Rungs | None, stop_log: StopLog, pbt: dict | None = None, storage_filesystem=None):
+    """ASHA over `r` (FIFO without); PBT at `r`'s points when `pbt` holds its settings
+    (hyperparam_mutations, quantile_fraction, resample_probability)."""
+    if pbt is not None:
+        return TrainCheckpointPBT(storage_filesystem, time_attr=r.time_attr, perturbation_interval=r.grace_period,
+                                  **pbt)
     if r is None:
         return FIFOScheduler()
     # stop_last_trials=False: max_t places the rungs; a trial past it still runs to its last step

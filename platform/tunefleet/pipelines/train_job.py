@@ -212,7 +212,7 @@ def run_train_job(cfg: Config, ship_package: bool = False, trial=None) -> JobRes
     plan = build_plan(cfg, tokenizer, model_dir, max_prompt)
     _precompute(cfg, model_dir, tokenizer, data)
     name = run_name(cfg)
-    tracker = _start_tracker(cfg, name, trial.run_tags() if trial else None)
+    tracker = _start_tracker(cfg, (trial and trial.tracking_name) or name, trial.run_tags() if trial else None)
     log_plan(tracker, plan)
     for ds_name, info in data.info.items():
         tracker.log_dataset(ds_name, info["digest"], info["rows"], info["source"],
@@ -231,6 +231,8 @@ def run_train_job(cfg: Config, ship_package: bool = False, trial=None) -> JobRes
     control = start_control(name)
     loop_config["control_name"] = control_name(name)
     loop_config["report_evals"] = bool(trial and trial.report_evals)
+    if trial and trial.restore_from is not None:  # Ray Train v2 has no resume_from_checkpoint: the loop loads it
+        loop_config["start_from"] = (trial.restore_from.path, trial.restore_from.filesystem)
     # Local paths or URIs (s3://): rank 0 writes these wherever it runs, the driver reads them.
     run_dir = storage.join(storage_path(cfg), name)
     eval_dir = storage.join(run_dir, "eval")

@@ -19,13 +19,18 @@ PARENT_TAG = "mlflow.parentRunId"
 class Trial:
     """`callbacks`: Ray Train UserCallbacks for the trial's RunConfig (TuneReportCallback);
     `parent_run_id`: the campaign's MLflow run; `tags`: tunefleet.campaign, .trial_id, .method;
-    `report_evals`: report each eval point to Tune (self-play iterations do not)."""
+    `report_evals`: report each eval point to Tune (self-play iterations do not);
+    `dataset_tags`: dataset name -> its MLflow input's extra tags (lineage)."""
 
     callbacks: tuple = ()
     parent_run_id: str | None = None
     tags: dict = field(default_factory=dict)
     report_evals: bool = True
-    dataset_tags: dict = field(default_factory=dict)  # dataset name -> its MLflow input's extra tags (lineage)
+    dataset_tags: dict = field(default_factory=dict)
+    # A PBT generation: its Train run starts from another trial's checkpoint (`restore_from`,
+    # a ray.train.Checkpoint) and logs into the MLflow run of `tracking_name`, the trial's first run name.
+    tracking_name: str | None = None
+    restore_from: object = None
 
     def run_tags(self) -> dict[str, str]:
         """The child run's extra MLflow tags."""

@@ -112,7 +112,30 @@ def _checkpoint(ctx: StepContext, step: int, rank: int, metrics: dict, model_dir
                          checkpoint_dir_name=f"checkpoint_{step:06d}")
 
 
-def _resume(ctx: StepContext, checkpoint, rank: int) -> tuple[int, dict]:
+def _start_from(loop_config: dict):
+    """Another run's checkpoint to start from (a PBT exploit), used only while this run has
+    none of its own: after a restart the run resumes its own newest."""
+    import ray.train
+
+    if not loop_config.get("start_from"):
+        return None
+    path, filesystem = loop_config["start_from"]
+    return ray.train.Checkpoint(path, filesystem=filesystem)
+
+
+def _apply_hyperparameters(ctx: StepContext, t) -> None:
+    """The config's learning rate and weight decay over those the checkpoint's optimizer and
+    schedule state carried: the same for a resumed run; for a PBT trial restoring a donor's
+    checkpoint, its own perturbed values (the schedule's position stays the donor's)."""
+    sched = ctx.scheduler
+    sched.base_lrs = [t.lr for _ in ctx.optimizer.param_groups]
+    factor = lr_factor(sched.last_epoch, t.max_steps, t.warmup_steps, t.lr_schedule, t.min_lr_ratio)
+    for group in ctx.optimizer.param_groups:
+        group["initial_lr"], group["lr"], group["weight_decay"] = t.lr, t.lr * factor, t.weight_decay
+    sched._last_lr = [g["lr"] for g in ctx.optimizer.param_groups]
+
+
+def _resume(ctx: StepContext, checkpoint, rank: int, cfg_trainer) -> tuple[int, dict]:
     """Load the newest checkpoint that verifies (a corrupt newest one falls back to the one
     before, with a warning). Returns the step to continue from and the saved state.json."""
     from tunefleet.train.state import load_training_state, newest_valid
@@ -124,6 +147,7 @@ def _resume(ctx: StepContext, checkpoint, rank: int) -> tuple[int, dict]:
         if path is None:
             raise RuntimeError(f"no checkpoint under {Path(d).parent} passes verification")
         state = load_training_state(path, ctx.policy, ctx.optimizer, ctx.scheduler)
+        _apply_hyperparameters(ctx, cfg_trainer)
         # From remote storage the newest checkpoint is a download under a temporary name.
         name = os.path.basename(checkpoint.path.rstrip("/")) if path == Path(d) else path.name
     if rank == 0:
@@ -232,7 +256,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # This node's copy of the base model (not the driver's path): used for setup and the final export.
     loop_config = {**loop_config, "model_dir": node_model_dir(loop_config["model_dir"])}
     ctx = _setup(cfg, loop_config["model_dir"], rank, world)
-    start, saved = _resume(ctx, ray.train.get_checkpoint(), rank)
+    start, saved = _resume(ctx, ray.train.get_checkpoint() or _start_from(loop_config), rank, cfg.trainer)
     t = cfg.trainer
     status = StatusLine(t.max_steps, t.status_every_s, start_step=start)
     reporter = _Reporter(loop_config.get("control_name"), loop_config.get("run_id"), rank)
