@@ -72,5 +72,4 @@ def test_pbt_trials_exploit_a_donors_checkpoint_into_their_own_runs(ray_cluster,
         g_run = next((Path(home) / "runs").glob(f"pbt-test-*-{t}-sft-g{gen}"))
         saved = sorted(int(p.name.split("_")[1]) for p in g_run.glob("checkpoint_0*"))
         assert saved and min(saved) > step and max(saved) == STEPS, (saved, step)
-        assert child.data.metrics["step"] == STEPS if "step" in child.data.metrics else True
     assert list(Path(home).glob("**/pbt_global.txt"))  # Tune's own record of each exploit
