@@ -77,9 +77,9 @@ class TrainCheckpointPBT(PopulationBasedTraining):
     Train run from it (pipelines/sweep_job.py). The exploiting trial keeps its own index and
     MLflow run; `pbt` in its config counts its generations and names the donor."""
 
-    def __init__(self, storage_filesystem=None, **kwargs):
+    def __init__(self, storage_filesystem=None, max_step: int | None = None, **kwargs):
         super().__init__(require_attrs=False, **kwargs)  # checkpoint reports carry no objective
-        self.filesystem = storage_filesystem
+        self.filesystem, self.max_step = storage_filesystem, max_step
         self.newest: dict[str, tuple[str, int]] = {}  # Tune trial id -> (checkpoint path, step)
 
     def on_trial_result(self, tune_controller, trial, result):
@@ -97,12 +97,13 @@ class TrainCheckpointPBT(PopulationBasedTraining):
         if trial not in lower_quantile:
             return
         donor = random.choice(upper_quantile)
-        if donor.trial_id not in self.newest:
-            print(f"[sweep] pbt: t{trial_index(donor):03d} has no checkpoint yet; t{trial_index(trial):03d} "
-                  "goes on as it is", flush=True)
+        path, step = self.newest.get(donor.trial_id, (None, 0))
+        if path is None or (self.max_step is not None and step >= self.max_step):
+            # none yet, or its final one: restoring that would leave nothing to train
+            print(f"[sweep] pbt: t{trial_index(donor):03d} has {'its final' if path else 'no'} checkpoint; "
+                  f"t{trial_index(trial):03d} goes on as it is", flush=True)
             return
-        self._trial_state[donor].last_checkpoint = Checkpoint(self.newest[donor.trial_id][0],
-                                                              filesystem=self.filesystem)
+        self._trial_state[donor].last_checkpoint = Checkpoint(path, filesystem=self.filesystem)
         self._num_checkpoints += 1
         self._exploit(tune_controller, trial, donor)
 
@@ -121,8 +122,8 @@ def scheduler(r: Rungs | None, stop_log: StopLog, pbt: dict | None = None, stora
     """ASHA over `r` (FIFO without); PBT at `r`'s points when `pbt` holds its settings
     (hyperparam_mutations, quantile_fraction, resample_probability)."""
     if pbt is not None:
-        return TrainCheckpointPBT(storage_filesystem, time_attr=r.time_attr, perturbation_interval=r.grace_period,
-                                  **pbt)
+        return TrainCheckpointPBT(storage_filesystem, r.max_t, time_attr=r.time_attr,
+                                  perturbation_interval=r.grace_period, **pbt)
     if r is None:
         return FIFOScheduler()
     # stop_last_trials=False: max_t places the rungs; a trial past it still runs to its last step

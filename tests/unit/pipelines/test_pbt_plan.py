@@ -75,6 +75,10 @@ def test_an_exploiting_trial_keeps_its_index_and_counts_its_generations(tmp_path
     assert new["trial"] == 1 and new["pbt"] == {"generation": 3, "from": "t004", "step": 20}
     assert new["values"]["trainer.lr"] in (1e-4, 5e-4)  # a grid: a neighbour of 5e-4, or itself at the end
     assert new["values"]["algorithm.beta"] in (0.01, 0.5)  # a neighbour of the donor's 0.1
+    # a donor's final checkpoint leaves nothing to train: the trial goes on as it is
+    pbt.newest["b"] = ("/ckpt/checkpoint_000030", 30)
+    pbt._exploit = lambda *a: pytest.fail("exploited a final checkpoint")
+    pbt._checkpoint_or_exploit(me, None, [donor], [me])
     # the donor's final point ends it: no exploit is decided on it
     assert pbt.on_trial_result(None, donor, {"final": True, "eval/x": 1.0, "step": 30}) == pbt.CONTINUE
 
