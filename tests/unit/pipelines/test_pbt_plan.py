@@ -90,3 +90,14 @@ def test_pbt_runs_every_trial_at_once():
     with pytest.raises(ConfigError, match="campaign.budget.max_concurrent.*6 trials together.*>= 6"):
         plan(c, "x", None)
     assert plan(load_campaign(DPO_BETA, [*PBT, "campaign.budget.max_concurrent=6"]), "x", None)[3].grace_period == 10
+
+
+def test_the_shipped_pbt_campaign_plans_four_trials_run_together():
+    from tunefleet.pipelines.sweep_job import plan
+
+    c = load_campaign(ROOT / "jobs" / "campaigns" / "dpo_pbt.yaml", ["model.name=tiny-llama"])
+    trials, metric, mode, r, extra = plan(c, "x", None)
+    assert len(trials) == 4 and {t.method for t in trials} == {"dpo"} and (metric, mode)[1] == "max"
+    assert r.milestones() == [10, 20, 30] and "checkpoint.every_steps=10" in extra
+    assert set(pbt_mutations(c)["values"]) == {"trainer.lr", "algorithm.beta"}
+    assert all(t.config.trainer.cpus_per_worker == 0.4 for t in trials)
