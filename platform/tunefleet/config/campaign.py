@@ -286,7 +286,7 @@ def _checked(campaign: Campaign) -> Campaign:
 
 # What PBT may change mid-run: a checkpoint carries the weights' shape, the batch and the data
 # order, so only what the optimizer (re-applied after loading) or the loss reads each step.
-PBT_MUTABLE = ("trainer.lr", "trainer.weight_decay", "algorithm.*")
+PBT_MUTABLE = ("trainer.lr", "trainer.weight_decay")  # and any algorithm.<field>
 
 
 def _check_pbt(campaign: Campaign) -> None:
@@ -297,8 +297,8 @@ def _check_pbt(campaign: Campaign) -> None:
     space = campaign.space
     for i, key in enumerate(c.scheduler.mutate):
         path = f"campaign.scheduler.mutate[{i}]"
-        ok = key in PBT_MUTABLE or (key.startswith("algorithm.") and "." not in key[len("algorithm."):])
-        check(ok, path, key, ", ".join(PBT_MUTABLE))
+        ok = key in PBT_MUTABLE or (key.startswith("algorithm.") and key.count(".") == 1)
+        check(ok, path, key, f"{', '.join(PBT_MUTABLE)} or algorithm.<hyperparameter>")
         dists = [method_params(space, m).get(key) for m in sorted(space.methods)]
         missing = [m for m, d in zip(sorted(space.methods), dists) if not isinstance(d, dict)]
         check(not missing, path, key, f"a key every method samples from a distribution (not in {', '.join(missing)})")

@@ -27,9 +27,8 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from tunefleet.config import ConfigError, config_from_dict, to_dict
+from tunefleet.config import ConfigError
 from tunefleet.config.campaign import Campaign, campaign_from_dict, campaign_to_dict
-from tunefleet.config.loader import apply_overrides
 from tunefleet.pipelines import leaderboard as lb
 from tunefleet.pipelines.leaderboard import Row
 from tunefleet.pipelines.sweep_plan import (
@@ -111,16 +110,17 @@ def _run_trial(config: dict, job: _Job) -> None:
     trial = Trial((TuneReportCallback(),), job.parent_run_id, tags)
     if config.get("pbt"):  # PBT exploited a donor: a new Train run from its checkpoint, into this trial's MLflow run
         trial = _exploiting(trial, spec, config["pbt"], job.trials[index].config.run.name)
-        name = f"run.name={trial.tracking_name}-g{config['pbt']['generation']}"  # Ray Train resumes a run by name
-        spec = replace(spec, config=config_from_dict(apply_overrides(to_dict(spec.config), [name])))
     run_train_job(spec.config, trial=trial)
 
 
 def _spec(job: _Job, index: int, config: dict) -> TrialSpec:
-    """The trial's spec: as planned; from its config when Optuna proposed it or PBT changed it."""
+    """The trial's spec: as planned; from its config when Optuna proposed it or PBT changed it
+    (a PBT generation trains as `<first run name>-g<N>`: Ray Train resumes a run by name)."""
     if "values" in config:  # PBT: the method and values may be a donor's, perturbed
+        gen = (config.get("pbt") or {}).get("generation")
+        name = f"{job.trials[index].config.run.name}-g{gen}" if gen else None
         return trial_spec(job.campaign_spec, job.prefix, job.tracking_uri, job.extra, index, config["method"],
-                          config["values"])
+                          config["values"], name)
     if "trial" in config:
         return job.trials[index]
     method, values = from_optuna(job.campaign_spec, config)  # Optuna proposed it

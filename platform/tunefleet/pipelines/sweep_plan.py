@@ -108,10 +108,10 @@ def plan_trials(campaign: Campaign, prefix: str, tracking_uri: str | None,
 
 
 def trial_spec(campaign: Campaign, prefix: str, tracking_uri: str | None, extra: tuple[str, ...], index: int,
-               method: str, values: dict) -> TrialSpec:
-    """Trial `index`'s validated run config (see plan_trials)."""
+               method: str, values: dict, run_name: str | None = None) -> TrialSpec:
+    """Trial `index`'s validated run config (see plan_trials); `run_name` replaces the planned name."""
     data = trial_dict(campaign, method, values)
-    more = [*extra, f"run.name={prefix}-t{index:03d}-{method}"]
+    more = [*extra, f"run.name={run_name or f'{prefix}-t{index:03d}-{method}'}"]
     if tracking_uri:
         more.append(f"tracking.uri={tracking_uri}")
     try:
